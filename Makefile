@@ -1,0 +1,54 @@
+# The two commands in README.md: `make demo` and `make test`. Both are idempotent: they build the
+# virtual environment, install system tools when missing, and resolve the Kafka jars (cached).
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PYTHON   ?= $(shell command -v python3.11 || command -v python3)
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-faults soak bench broker deps system-deps lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "Python 3.11 or 3.12 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# java, mvn and prometheus come from the OS; install them when missing and we are allowed to.
+# The Debian prometheus package starts a service on :9090; the tests run their own, so stop it.
+SYSTEM_PKGS = $(if $(shell command -v java),,openjdk-17-jre-headless) \
+              $(if $(shell command -v mvn),,maven) \
+              $(if $(shell command -v promtool),,prometheus)
+system-deps:
+	@if [ -n "$(strip $(SYSTEM_PKGS))" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "missing system packages: $(strip $(SYSTEM_PKGS)); install them, e.g. sudo apt-get install $(strip $(SYSTEM_PKGS))" >&2; exit 1; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PKGS) && \
+	  (systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true); \
+	fi
+
+deps: system-deps $(VENV)/.installed
+	$(PY) -m stream_trainer.cli broker --resolve-only
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: deps
+	$(PY) -m pytest -m faults --run-faults $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m stream_trainer.cli demo
+
+bench: deps
+	$(PY) -m stream_trainer.cli bench --config configs/bench.yaml
+
+soak: deps
+	$(PY) -m stream_trainer.cli soak --minutes $${SOAK_MINUTES:-30}
+
+broker: deps
+	$(PY) -m stream_trainer.cli broker
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,146 @@
+"""``stream-trainer``: argument parsing and wiring, nothing else.
+
+Sub-commands: ``run`` (the daemon), ``broker`` (a local Kafka 3.9.1 for development),
+``demo`` (broker + producer + trainer, bounded), ``bench`` (benchmarks), ``soak``.
+Flags default from ``STREAM_TRAINER_*`` environment variables, as daemons in containers expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from stream_trainer.errors import StreamTrainerError
+
+log = logging.getLogger("stream_trainer")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"STREAM_TRAINER_{name}", default)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
+    return {
+        "kafka.bootstrap_servers": bootstrap,
+        "trainer.loop.max_steps": getattr(args, "max_steps", None),
+        "trainer.loop.max_seconds": getattr(args, "max_seconds", None),
+        "trainer.metrics.port": getattr(args, "metrics_port", None),
+        "trainer.checkpoint.dir": getattr(args, "checkpoint_dir", None),
+    }
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from stream_trainer import app, config
+
+    settings = config.load(args.config, _overrides(args))
+    summary = app.run_trainer(settings, handle_signals=True)
+    log.info("stopped: %s", summary)
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from stream_trainer.broker import LocalBroker, resolve_jars
+
+    libs = resolve_jars()
+    if args.resolve_only:
+        print(f"Kafka jars ready in {libs}")
+        return 0
+    workdir = Path(args.data_dir or tempfile.mkdtemp(prefix="stream-trainer-kafka-"))
+    broker = LocalBroker(workdir, port=args.port)
+    broker.start()
+    print(f"Kafka 3.9.1 running at {broker.bootstrap} (data: {workdir}, log: {broker.log_path}); Ctrl-C stops it",
+          flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            if not broker.running:
+                print(f"Kafka exited; log tail:\n{broker.log_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        broker.stop()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from stream_trainer import demo
+
+    return demo.main(seconds=args.seconds, workdir=Path(args.workdir))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from stream_trainer.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from stream_trainer import soak
+
+    return soak.main(minutes=args.minutes, workdir=Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-trainer", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train continuously from the configured topic")
+    run.add_argument("--config", default=_env("CONFIG"), help="YAML settings file")
+    run.add_argument("--bootstrap", default=_env("BOOTSTRAP"), help="Kafka bootstrap servers")
+    run.add_argument("--max-steps", type=int, default=None)
+    run.add_argument("--max-seconds", type=float, default=None)
+    run.add_argument("--metrics-port", type=int, default=None)
+    run.add_argument("--checkpoint-dir", default=None)
+    run.set_defaults(func=_cmd_run)
+
+    broker = sub.add_parser("broker", help="run a local Kafka 3.9.1 broker until Ctrl-C")
+    broker.add_argument("--port", type=int, default=int(_env("BROKER_PORT", "0") or 0))
+    broker.add_argument("--data-dir", default=None)
+    broker.add_argument("--resolve-only", action="store_true", help="only download the broker's jars")
+    broker.set_defaults(func=_cmd_broker)
+
+    demo = sub.add_parser("demo", help="local broker + synthetic producer + trainer, bounded")
+    demo.add_argument("--seconds", type=float, default=float(_env("DEMO_SECONDS", "150") or 150))
+    demo.add_argument("--workdir", default="runs/demo")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="measure the pipeline against its limits; writes JSON and PNG")
+    bench.add_argument("--config", default=None)
+    bench.add_argument("--bootstrap", default=_env("BOOTSTRAP"))
+    bench.add_argument("--out", default="bench-results")
+    bench.add_argument("--messages", type=int, default=None)
+    bench.add_argument("--repeats", type=int, default=None)
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks the command runs")
+    bench.set_defaults(func=_cmd_bench)
+
+    soak = sub.add_parser("soak", help="producer + trainer for a long time; plots RSS over time")
+    soak.add_argument("--minutes", type=float, default=30.0)
+    soak.add_argument("--workdir", default="runs/soak")
+    soak.set_defaults(func=_cmd_soak)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except StreamTrainerError as exc:
+        print(f"stream-trainer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Typed settings for the producer and the trainer, loaded from YAML and validated in one place.
+
+Defaults live in the dataclasses. A YAML file overrides any subset; unknown keys and wrong
+types fail at start with the full key path (``trainer.loop.max_stepz``), never later.
+``${VAR}`` and ``${VAR:-default}`` inside strings are expanded from the environment so that
+secrets (SASL passwords) stay out of files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from stream_trainer.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How every client reaches the cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # librdkafka properties passed to every client we create (security.protocol, sasl.*, ssl.*).
+    client: dict[str, str] = field(default_factory=dict)
+    # How long to wait for the first metadata answer before calling the broker unreachable.
+    connect_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    train: str = "pets"
+    eval: str = "pets-eval"
+    dead_letter: str = "pets-dlq"
+    # Used only when a program creates a missing topic.
+    partitions: int = 4
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "0.0.0.0"
+    port: int = 9100  # 0 disables the endpoint
+
+
+@dataclass(frozen=True)
+class ProducerSourceConfig:
+    kind: str = "synthetic"  # synthetic | dir | tfds
+    path: str = ""  # dir: the folder holding images/ and annotations/trimaps/
+    count: int = 200  # synthetic: images per split-less pass
+    seed: int = 0
+    eval_fraction: float = 0.1  # synthetic (and dir without split lists): share sent to the eval topic
+    min_size: int = 160  # synthetic image side range, in pixels
+    max_size: int = 320
+    jpeg_quality: int = 90
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    source: ProducerSourceConfig = field(default_factory=ProducerSourceConfig)
+    rate: float = 0.0  # messages per second, 0 = as fast as possible
+    passes: int = 1  # 0 = forever
+    shuffle: bool = True
+    partitioner: str = "key_hash"  # key_hash | round_robin
+    compression: str = "none"  # none | gzip | snappy | lz4 | zstd
+    message_max_bytes: int = 1_000_000
+    create_topics: bool = True
+    send_eval: bool = True
+    metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig(port=9101))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    group_id: str = "stream-trainer"
+    auto_offset_reset: str = "earliest"  # earliest | latest, when neither checkpoint nor group has an offset
+    # Explicit partitions to read; empty = every partition i with i % worker_count == worker_index.
+    partitions: list[int] = field(default_factory=list)
+    worker_index: int = 0
+    worker_count: int = 1
+    # librdkafka poll timeout inside tfio; bounds how stale a shutdown check can be.
+    poll_timeout_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    image_size: int = 128
+    batch_size: int = 16
+    # Window for decorrelating consecutive messages (one producer pass is often sorted by class).
+    shuffle_buffer: int = 256
+    flip: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base_filters: int = 16
+    depth: int = 3
+    learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    max_steps: int = 0  # 0 = run until stopped
+    max_seconds: float = 0.0  # 0 = run until stopped
+    log_every_s: float = 5.0
+    eval_every_steps: int = 200
+    eval_max_images: int = 256
+    eval_wait_s: float = 10.0  # how long to wait for the eval topic before training without it
+    snapshot_dir: str = "runs/snapshots"
+    # Debug: append "partition offset step" for every trained message (fault tests use it).
+    trained_log: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str = "runs/checkpoints"
+    every_steps: int = 200
+    every_seconds: float = 60.0
+    keep: int = 3
+    export_dir: str = "runs/export"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A whole config file: shared Kafka and topic settings plus one section per program."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    producer: ProducerConfig = field(default_factory=ProducerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> Settings:
+        """Check cross-field rules that types alone cannot express; return self."""
+        checks = [
+            (self.topics.partitions >= 1, "topics.partitions", "must be >= 1"),
+            (self.producer.rate >= 0, "producer.rate", "must be >= 0"),
+            (self.producer.passes >= 0, "producer.passes", "must be >= 0 (0 = forever)"),
+            (self.producer.source.kind in {"synthetic", "dir", "tfds"}, "producer.source.kind",
+             "must be one of synthetic, dir, tfds"),
+            (self.producer.partitioner in {"key_hash", "round_robin"}, "producer.partitioner",
+             "must be key_hash or round_robin"),
+            (self.producer.compression in {"none", "gzip", "snappy", "lz4", "zstd"},
+             "producer.compression", "must be one of none, gzip, snappy, lz4, zstd"),
+            (0 <= self.producer.source.eval_fraction < 1, "producer.source.eval_fraction", "must be in [0, 1)"),
+            (8 <= self.producer.source.min_size <= self.producer.source.max_size, "producer.source.min_size",
+             "must be >= 8 and <= producer.source.max_size"),
+            (self.trainer.source.auto_offset_reset in {"earliest", "latest"},
+             "trainer.source.auto_offset_reset", "must be earliest or latest"),
+            (self.trainer.source.worker_count >= 1, "trainer.source.worker_count", "must be >= 1"),
+            (0 <= self.trainer.source.worker_index < self.trainer.source.worker_count,
+             "trainer.source.worker_index", "must be in [0, worker_count)"),
+            (self.trainer.pipeline.image_size >= 2 ** self.trainer.model.depth
+             and self.trainer.pipeline.image_size % 2 ** self.trainer.model.depth == 0,
+             "trainer.pipeline.image_size", "must be a multiple of 2**trainer.model.depth"),
+            (self.trainer.pipeline.batch_size >= 1, "trainer.pipeline.batch_size", "must be >= 1"),
+            (self.trainer.pipeline.shuffle_buffer >= 1, "trainer.pipeline.shuffle_buffer", "must be >= 1"),
+            (self.trainer.model.depth >= 1, "trainer.model.depth", "must be >= 1"),
+            (self.trainer.model.base_filters >= 1, "trainer.model.base_filters", "must be >= 1"),
+            (self.trainer.checkpoint.keep >= 1, "trainer.checkpoint.keep", "must be >= 1"),
+            (self.trainer.checkpoint.every_steps >= 0, "trainer.checkpoint.every_steps", "must be >= 0"),
+            (0 <= self.trainer.metrics.port < 65536, "trainer.metrics.port", "must be a TCP port or 0"),
+            (0 <= self.producer.metrics.port < 65536, "producer.metrics.port", "must be a TCP port or 0"),
+        ]
+        for ok, key, rule in checks:
+            if not ok:
+                msg = f"config key '{key}' {rule}"
+                raise ConfigError(msg)
+        return self
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(text: str, path: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                msg = f"config key '{path}' uses ${{{name}}}, but environment variable {name} is not set"
+                raise ConfigError(msg)
+            return default
+        return value
+
+    return _ENV.sub(repl, text)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Convert one YAML value to ``tp`` or raise a ConfigError naming ``path``."""
+    if isinstance(value, str):
+        value = _expand(value, path)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            msg = f"config key '{path}' must be a mapping, got {type(value).__name__}"
+            raise ConfigError(msg)
+        return build(tp, value, path)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], path)
+    if origin is list:
+        if not isinstance(value, list):
+            msg = f"config key '{path}' must be a list, got {type(value).__name__}"
+            raise ConfigError(msg)
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            msg = f"config key '{path}' must be a mapping, got {type(value).__name__}"
+            raise ConfigError(msg)
+        return {str(k): _expand(str(v), f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    msg = f"config key '{path}' must be {_type_name(tp)}, got {value!r}"
+    raise ConfigError(msg)
+
+
+def build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with their full path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            msg = f"unknown config key '{full}' (known here: {', '.join(sorted(names))})"
+            raise ConfigError(msg)
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            msg = f"config key '{dotted}': '{part}' is not a section"
+            raise ConfigError(msg)
+        node = child
+    node[parts[-1]] = value
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Load settings from ``path`` (or defaults), then apply dotted-key ``overrides``.
+
+    Overrides come from CLI flags and environment variables, e.g.
+    ``{"kafka.bootstrap_servers": "broker:9092"}``; they are validated like file keys.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            msg = f"cannot read config file {path}: {exc.strerror}"
+            raise ConfigError(msg) from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            msg = f"config file {path} is not valid YAML: {exc}"
+            raise ConfigError(msg) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            msg = f"config file {path} must hold a mapping at the top level"
+            raise ConfigError(msg)
+        data = loaded or {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, key, value)
+    return build(Settings, data).validate()
+
+
+def replace(settings: T, dotted: str, value: Any) -> T:
+    """Return a copy of nested frozen dataclasses with one dotted field changed (tests, CLI)."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return dataclasses.replace(settings, **{head: value})  # type: ignore[type-var]
+    return dataclasses.replace(settings, **{head: replace(getattr(settings, head), rest, value)})  # type: ignore[type-var]

@@ -1,0 +1,27 @@
+"""The project's exceptions: each message says what happened and what to do about it."""
+
+from __future__ import annotations
+
+
+class StreamTrainerError(Exception):
+    """Base class for errors the CLI prints as one line before exiting non-zero."""
+
+
+class ConfigError(StreamTrainerError):
+    """A configuration file or flag is invalid; the message names the offending key."""
+
+
+class MissingToolError(StreamTrainerError):
+    """A program the local broker needs (java, mvn) is not installed."""
+
+
+class BrokerStartError(StreamTrainerError):
+    """The local Kafka broker could not be resolved, formatted or started."""
+
+
+class BrokerUnavailableError(StreamTrainerError):
+    """No Kafka broker answered at the configured bootstrap address in time."""
+
+
+class CheckpointError(StreamTrainerError):
+    """A checkpoint could not be written or read."""

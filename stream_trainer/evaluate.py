@@ -1,0 +1,122 @@
+"""Evaluation on the held-out eval topic: mean IoU, pixel accuracy and a snapshot picture.
+
+The eval topic is small and fixed, so it is read once, bounded (low to high watermark at the
+time of reading), decoded by the same pipeline code as training, and ``cache()``d in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stream_trainer import pipeline
+from stream_trainer.kafka import Cluster
+from stream_trainer.wire import NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    step: int
+    mean_iou: float
+    pixel_accuracy: float
+    images: int
+    snapshot: Path | None
+
+
+def read_eval_values(cluster: Cluster, topic: str, max_images: int, wait_s: float) -> list[bytes]:
+    """Up to ``max_images`` raw values from the eval topic, waiting up to ``wait_s`` for any."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        partitions = cluster.partitions(topic)
+        marks = cluster.watermarks(topic, partitions)
+        if any(m.high > m.low for m in marks.values()) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    values: list[bytes] = []
+    for p, m in marks.items():
+        end = min(m.high, m.low + max_images - len(values))
+        values += [msg.value() or b"" for msg in cluster.read_range(topic, p, m.low, end)]
+        if len(values) >= max_images:
+            break
+    return values
+
+
+def confusion(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, int]:
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    n = 0
+    for batch in batches:
+        pred = tf.argmax(model(batch["image"], training=False), axis=-1)
+        cm += tf.math.confusion_matrix(tf.reshape(batch["mask"], [-1]), tf.reshape(pred, [-1]),
+                                       num_classes=NUM_CLASSES, dtype=tf.int64).numpy()
+        n += int(batch["image"].shape[0])
+    return cm, n
+
+
+def scores(cm: np.ndarray) -> tuple[float, float]:
+    """Mean IoU over classes that occur (in truth or prediction), and pixel accuracy."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    present = union > 0
+    miou = float((tp[present] / union[present]).mean()) if present.any() else 0.0
+    acc = float(tp.sum() / cm.sum()) if cm.sum() else 0.0
+    return miou, acc
+
+
+class Evaluator:
+    """Evaluates a model on cached eval batches and writes a picture of a few predictions."""
+
+    def __init__(self, model: keras.Model, values: list[bytes], image_size: int, snapshot_dir: str,
+                 batch_size: int = 16, pictures: int = 4) -> None:
+        self.model = model
+        self.snapshot_dir = Path(snapshot_dir)
+        self.pictures = pictures
+        raw = tf.data.Dataset.from_tensor_slices({
+            "key": tf.constant([b""] * len(values), tf.string), "value": tf.constant(values, tf.string),
+            "partition": tf.zeros([len(values)], tf.int32), "offset": tf.range(len(values), dtype=tf.int64)})
+        decoded = pipeline.decode_stream(raw, tf.constant(0, tf.int64), image_size)
+        self.batches = pipeline.eval_batches(decoded, batch_size).cache()
+        self.size = sum(int(b["image"].shape[0]) for b in self.batches)  # fills the cache once
+
+    def evaluate(self, step: int) -> EvalResult:
+        cm, n = confusion(self.model, self.batches)
+        miou, acc = scores(cm)
+        snapshot = self._snapshot(step) if self.snapshot_dir and self.pictures else None
+        return EvalResult(step, miou, acc, n, snapshot)
+
+    def _snapshot(self, step: int) -> Path | None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        batch = next(iter(self.batches), None)
+        if batch is None:
+            return None
+        k = min(self.pictures, int(batch["image"].shape[0]))
+        pred = tf.argmax(self.model(batch["image"][:k], training=False), axis=-1).numpy()
+        fig, axes = plt.subplots(k, 3, figsize=(6, 2 * k), squeeze=False)
+        for i in range(k):
+            panels = [(batch["image"][i].numpy(), "image"), (batch["mask"][i, ..., 0].numpy(), "true trimap"),
+                      (pred[i], f"predicted (step {step})")]
+            for ax, (img, title) in zip(axes[i], panels, strict=True):
+                ax.imshow(img, vmin=0, vmax=NUM_CLASSES - 1, cmap=None if img.ndim == 3 else "viridis")
+                ax.set_title(title, fontsize=8)
+                ax.axis("off")
+        fig.tight_layout()
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        path = self.snapshot_dir / f"eval-step-{step:08d}.png"
+        tmp = self.snapshot_dir / f".latest-{os.getpid()}.png"
+        fig.savefig(path, dpi=80)
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, self.snapshot_dir / "latest.png")
+        return path

@@ -1,0 +1,210 @@
+"""Everything that talks to Kafka through confluent-kafka: metadata, topics, offsets, commits,
+watermarks (lag), the dead-letter producer and re-reading single messages.
+
+The training data itself is read by tensorflow-io (``source.py``); this module is the modern
+librdkafka side that does the bookkeeping tfio's bundled librdkafka 1.5.0 cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_trainer.config import KafkaConfig
+from stream_trainer.errors import BrokerUnavailableError, ConfigError
+
+log = logging.getLogger(__name__)
+# librdkafka logs every failed connection attempt (many per second while a broker is down).
+# Its lines go to this logger, quiet by default: our own errors say what is wrong once.
+RDKAFKA_LOG = logging.getLogger("librdkafka")
+RDKAFKA_LOG.setLevel(logging.CRITICAL)
+
+# Group-coordinator answers that mean "not yet": a fresh broker is still loading __consumer_offsets.
+_RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+
+
+def client_config(kafka: KafkaConfig, **extra: object) -> dict[str, object]:
+    """librdkafka settings for one client: bootstrap, the user's pass-through keys, then ``extra``."""
+    conf: dict[str, object] = {"bootstrap.servers": kafka.bootstrap_servers, "logger": RDKAFKA_LOG}
+    conf.update(kafka.client)
+    conf.update(extra)
+    return conf
+
+
+def _retry(what: str, call, timeout_s: float):  # noqa: ANN001, ANN202
+    """Run ``call`` until it stops failing with a retriable coordinator error or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code not in _RETRIABLE or time.monotonic() >= deadline:
+                msg = f"{what} failed: {err}"
+                raise BrokerUnavailableError(msg) from exc
+            time.sleep(0.25)
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    low: int
+    high: int
+
+
+class Cluster:
+    """One connection's worth of admin/consumer/producer clients for a cluster.
+
+    Every public method either answers within its timeout or raises an error a person can act
+    on; none of them retries forever.
+    """
+
+    def __init__(self, kafka: KafkaConfig, group_id: str = "stream-trainer") -> None:
+        self.kafka = kafka
+        self.group_id = group_id
+        self._errors: list[str] = []
+        self.admin = AdminClient(client_config(kafka, error_cb=self._on_error))
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._errors.append(str(err))
+
+    @property
+    def consumer(self) -> Consumer:
+        """A group member that never subscribes: it commits, reads committed offsets and watermarks."""
+        if self._consumer is None:
+            self._consumer = Consumer(client_config(
+                self.kafka, **{"group.id": self.group_id, "enable.auto.commit": False,
+                               "enable.partition.eof": False, "auto.offset.reset": "earliest"},
+            ))
+        return self._consumer
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(client_config(
+                self.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5},
+            ))
+        return self._producer
+
+    def wait_until_reachable(self, timeout_s: float | None = None) -> None:
+        """Raise BrokerUnavailableError if no broker answers a metadata request in time."""
+        timeout = self.kafka.connect_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            try:
+                md = self.admin.list_topics(timeout=max(0.5, min(2.0, deadline - time.monotonic())))
+                if md.brokers:
+                    return
+            except KafkaException as exc:
+                last = str(exc.args[0]) if exc.args else str(exc)
+            if time.monotonic() >= deadline:
+                detail = last or (self._errors[-1] if self._errors else "no answer")
+                msg = (f"Kafka broker unreachable at {self.kafka.bootstrap_servers} after {timeout:.0f} s "
+                       f"({detail}); check kafka.bootstrap_servers or KAFKA_BOOTSTRAP")
+                raise BrokerUnavailableError(msg)
+            time.sleep(0.2)
+
+    def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        """The topic's partition ids; ConfigError if it does not exist."""
+        md = self.admin.list_topics(topic=topic, timeout=timeout_s)
+        tmd = md.topics.get(topic)
+        if tmd is None or tmd.error is not None and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            msg = (f"topic '{topic}' does not exist on {self.kafka.bootstrap_servers}; create it "
+                   f"(pet-producer does, with topics.partitions) or fix the topics.* config keys")
+            raise ConfigError(msg)
+        if tmd.error is not None:
+            msg = f"metadata for topic '{topic}' failed: {tmd.error}"
+            raise BrokerUnavailableError(msg)
+        return sorted(tmd.partitions)
+
+    def ensure_topics(self, topics: Mapping[str, int], replication_factor: int = 1, timeout_s: float = 30.0) -> None:
+        """Create the topics that do not exist yet (name -> partition count); leave others alone."""
+        existing = set(self.admin.list_topics(timeout=timeout_s).topics)
+        new = [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
+               for name, n in topics.items() if name not in existing]
+        if not new:
+            return
+        for name, fut in self.admin.create_topics(new, request_timeout=timeout_s).items():
+            try:
+                fut.result()
+                log.info("created topic %s", name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        self._wait_for_leaders([t.topic for t in new], timeout_s)
+
+    def _wait_for_leaders(self, topics: list[str], timeout_s: float) -> None:
+        # A topic is not readable by librdkafka 1.5 until every partition has a leader.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            md = self.admin.list_topics(timeout=5)
+            if all(t in md.topics and md.topics[t].partitions
+                   and all(p.leader >= 0 for p in md.topics[t].partitions.values()) for t in topics):
+                return
+            time.sleep(0.1)
+
+    def watermarks(self, topic: str, partitions: Iterable[int], timeout_s: float = 5.0) -> dict[int, Watermarks]:
+        out = {}
+        for p in partitions:
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            out[p] = Watermarks(low, high)
+        return out
+
+    def committed(self, topic: str, partitions: Iterable[int], timeout_s: float = 30.0) -> dict[int, int]:
+        """The group's committed next-offset per partition; partitions without one are left out."""
+        tps = _retry(f"reading committed offsets of group '{self.group_id}'",
+                     lambda: self.consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=5.0),
+                     timeout_s)
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+
+    def commit(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Synchronously commit next-offsets for the group, so lag tools see real progress."""
+        if offsets:
+            tps = [TopicPartition(topic, p, o) for p, o in offsets.items()]
+            _retry(f"committing offsets for group '{self.group_id}'",
+                   lambda: self.consumer.commit(offsets=tps, asynchronous=False), self.kafka.connect_timeout_s)
+
+    def read_range(self, topic: str, partition: int, start: int, end: int, timeout_s: float = 10.0) -> list[Message]:
+        """Messages with start <= offset < end (those that still exist), for re-reading skipped ones."""
+        if end <= start:
+            return []
+        reader = Consumer(client_config(
+            self.kafka, **{"group.id": f"{self.group_id}-reread", "enable.auto.commit": False,
+                           "auto.offset.reset": "earliest", "enable.partition.eof": True},
+        ))
+        try:
+            reader.assign([TopicPartition(topic, partition, start if start >= 0 else OFFSET_BEGINNING)])
+            out: list[Message] = []
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                msg = reader.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        return out
+                    continue
+                if msg.offset() >= end:
+                    return out
+                if msg.offset() >= start:
+                    out.append(msg)
+            msg_ = f"re-reading {topic}[{partition}] offsets {start}..{end - 1} timed out"
+            raise BrokerUnavailableError(msg_)
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -1,0 +1,43 @@
+"""A compact U-Net for 3-class trimap segmentation, built from scratch (no downloaded weights)."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from stream_trainer.config import ModelConfig
+from stream_trainer.wire import NUM_CLASSES
+
+
+def conv_block(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    """Two 3x3 convolutions with batch norm: the U-Net's basic unit."""
+    for _ in range(2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+    return x
+
+
+def build_unet(image_size: int, cfg: ModelConfig) -> keras.Model:
+    """U-Net with ``cfg.depth`` down/up levels; filters double per level from ``base_filters``.
+
+    Output: per-pixel logits for pet / background / border (softmax lives in the loss).
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    skips = []
+    for level in range(cfg.depth):
+        x = conv_block(x, cfg.base_filters * 2**level)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = conv_block(x, cfg.base_filters * 2**cfg.depth)
+    for level in reversed(range(cfg.depth)):
+        x = layers.Conv2DTranspose(cfg.base_filters * 2**level, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = conv_block(x, cfg.base_filters * 2**level)
+    logits = layers.Conv2D(NUM_CLASSES, 1, name="logits")(x)
+    return keras.Model(inputs, logits, name="unet")
+
+
+def build_optimizer(cfg: ModelConfig) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)

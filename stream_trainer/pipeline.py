@@ -1,0 +1,142 @@
+"""The input pipeline as pure tf.data: parse -> decode -> resize -> (shuffle, flip) -> batch -> prefetch.
+
+Nothing here talks to Kafka. A raw stream is any dataset of dicts with ``key``, ``value``
+(a wire-format ``tf.train.Example``), ``partition`` and ``offset``; ``source.py`` makes one from
+Kafka, the benchmarks and tests make them from memory.
+
+Malformed messages never stop the stream: each message is decoded inside its own one-element
+dataset with ``ignore_errors``, so a bad one simply disappears while errors of the Kafka source
+itself (a broker outage) still surface to the loop. Every surviving element carries ``prev``,
+the offset of the previous surviving message of its partition; a hole between ``prev`` and
+``offset`` is exactly the set of dropped messages, which the loop re-reads, diagnoses and
+dead-letters (``deadletter.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from stream_trainer import wire
+from stream_trainer.config import PipelineConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+_FEATURES = {
+    wire.VERSION_KEY: tf.io.FixedLenFeature([], tf.int64),
+    wire.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    wire.MASK_KEY: tf.io.FixedLenFeature([], tf.string),
+    wire.PRODUCE_TS_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+}
+
+
+def decode_example(value: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+    """Parse and validate one serialized Example; raise InvalidArgumentError if it is malformed.
+
+    Returns ``image`` (uint8, size x size x 3), ``mask`` (uint8 classes 0..2, size x size x 1) and
+    ``produce_ts_ms``. Images stay uint8 until after batching: four times less memory in the
+    shuffle buffer than float32.
+    """
+    ex = tf.io.parse_single_example(value, _FEATURES)
+    version_ok = tf.debugging.assert_equal(
+        ex[wire.VERSION_KEY], tf.constant(wire.FORMAT_VERSION, tf.int64), message="unsupported format_version")
+    with tf.control_dependencies([version_ok]):
+        image = tf.io.decode_image(ex[wire.IMAGE_KEY], channels=3, expand_animations=False)
+    mask = tf.io.decode_png(ex[wire.MASK_KEY], channels=1)
+    same_size = tf.debugging.assert_equal(
+        tf.shape(image)[:2], tf.shape(mask)[:2], message="mask size differs from image size")
+    in_range = tf.debugging.Assert(
+        tf.reduce_all((mask >= wire.PET) & (mask <= wire.BORDER)), ["mask values outside {1,2,3}"])
+    with tf.control_dependencies([same_size, in_range]):
+        size = [image_size, image_size]
+        image = tf.image.resize(image, size, method="bilinear", antialias=True)
+        # Nearest keeps labels labels: no averaged class ids on the pet's border.
+        mask = tf.image.resize(mask, size, method="nearest") - wire.PET
+    return {
+        "image": tf.saturate_cast(tf.round(image), tf.uint8),
+        "mask": tf.cast(mask, tf.uint8),
+        "produce_ts_ms": ex[wire.PRODUCE_TS_KEY],
+    }
+
+
+def decode_stream(raw: tf.data.Dataset, start: tf.Tensor, image_size: int, parallel: int = 4) -> tf.data.Dataset:
+    """Decode one partition's raw stream in offset order, dropping malformed messages.
+
+    ``parallel`` messages decode at once; ``deterministic=True`` keeps offset order, which the
+    ``prev`` chain relies on. ``start`` is the partition's first offset to read.
+    """
+
+    def safe_decode(msg: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        def decode(m: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            out = decode_example(m["value"], image_size)
+            out.update(partition=m["partition"], offset=m["offset"],
+                       nbytes=tf.strings.length(m["value"]))
+            return out
+
+        return tf.data.Dataset.from_tensors(msg).map(decode).ignore_errors()
+
+    decoded = raw.interleave(safe_decode, cycle_length=parallel, block_length=1,
+                             num_parallel_calls=parallel, deterministic=True)
+
+    def link(prev: tf.Tensor, elem: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        return elem["offset"], {**elem, "prev": prev}
+
+    return decoded.scan(tf.cast(start, tf.int64) - 1, link)
+
+
+def train_batches(decoded: tf.data.Dataset, cfg: PipelineConfig) -> tf.data.Dataset:
+    """Shuffle window -> joint random flip -> batch -> normalise -> prefetch, for training."""
+    ds = decoded.shuffle(cfg.shuffle_buffer, seed=cfg.seed or None)
+    if cfg.flip:
+        ds = ds.map(_random_flip, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(cfg.batch_size, drop_remainder=True)
+    # Normalising after batching is one vectorised op per batch instead of one per image.
+    ds = ds.map(_normalise, num_parallel_calls=AUTOTUNE)
+    # Overlap: the next batches are prepared while the model trains on this one.
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_batches(decoded: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    return decoded.batch(batch_size).map(_normalise).prefetch(AUTOTUNE)
+
+
+def _random_flip(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    # One coin for image and mask together: a flipped image with an unflipped mask is a wrong label.
+    flip = tf.random.uniform([]) < 0.5
+    return {**elem,
+            "image": tf.cond(flip, lambda: tf.reverse(elem["image"], [1]), lambda: elem["image"]),
+            "mask": tf.cond(flip, lambda: tf.reverse(elem["mask"], [1]), lambda: elem["mask"])}
+
+
+def _normalise(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {**batch, "image": tf.cast(batch["image"], tf.float32) / 255.0}
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Which partitions to read and from where: ``starts`` maps partition -> first offset."""
+
+    starts: dict[int, int]
+
+
+RawReader = Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset]
+
+
+def decoded_partitions(read: RawReader, starts: dict[int, int], image_size: int,
+                       decode_parallel: int = 4) -> tf.data.Dataset:
+    """Every partition read by ``read(partition, start)``, decoded, merged as they come.
+
+    A parallel, non-deterministic interleave with one slot per partition: an idle partition
+    (its reader blocks until a message arrives) never holds the busy ones back.
+    """
+    partitions = sorted(starts)
+    index = tf.data.Dataset.from_tensor_slices((
+        tf.constant(partitions, tf.int32), tf.constant([starts[p] for p in partitions], tf.int64)))
+
+    def one(partition: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
+        return decode_stream(read(partition, start), start, image_size, decode_parallel)
+
+    return index.interleave(one, cycle_length=len(partitions), block_length=1,
+                            num_parallel_calls=len(partitions), deterministic=False)

@@ -1,0 +1,67 @@
+"""Shared fixtures: one real Kafka 3.9.1 broker per test session, fresh topic names per test.
+
+``KAFKA_BOOTSTRAP=host:port`` points the whole suite at an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stream_trainer.broker import LocalBroker
+from stream_trainer.config import KafkaConfig
+from stream_trainer.kafka import Cluster
+
+
+@pytest.fixture(scope="session")
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
+    """The session's broker process, or None when KAFKA_BOOTSTRAP names an existing cluster."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield None
+        return
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_broker: LocalBroker | None) -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP") or local_broker.bootstrap  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def kafka_config(kafka_bootstrap: str) -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=kafka_bootstrap, connect_timeout_s=10)
+
+
+@pytest.fixture()
+def cluster(kafka_config: KafkaConfig) -> Iterator[Cluster]:
+    c = Cluster(kafka_config, group_id=f"test-{uuid.uuid4().hex[:8]}")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture()
+def new_topic(cluster: Cluster) -> Callable[..., str]:
+    """Create a uniquely named topic so tests never see each other's messages."""
+
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        cluster.ensure_topics({name: partitions})
+        return name
+
+    return make
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

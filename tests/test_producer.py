@@ -1,0 +1,248 @@
+"""pet-producer against the session's real Kafka broker: what arrives in the topics, how fast,
+how often, and what is skipped. Small images (64-96 px) and a few dozen messages per test.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from PIL import Image
+
+from producer import app
+from producer.sources import synthetic
+from stream_trainer import config, wire
+from stream_trainer.config import KafkaConfig, Settings
+from stream_trainer.kafka import Cluster
+
+
+def make_settings(kafka_config: KafkaConfig, overrides: dict[str, object] | None = None) -> Settings:
+    """Defaults for a test: unique topics, tiny synthetic images, no metrics port, one pass."""
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "kafka.bootstrap_servers": kafka_config.bootstrap_servers,
+        "kafka.connect_timeout_s": 10,
+        "topics.train": f"prod-{tag}",
+        "topics.eval": f"prod-{tag}-eval",
+        "topics.dead_letter": f"prod-{tag}-dlq",
+        "topics.partitions": 2,
+        "producer.metrics.port": 0,
+        "producer.source.min_size": 64,
+        "producer.source.max_size": 96,
+        "producer.source.count": 10,
+        "producer.source.eval_fraction": 0.0,
+    }
+    values.update(overrides or {})
+    return config.load(None, values)
+
+
+def topic_count(cluster: Cluster, topic: str) -> int:
+    parts = cluster.partitions(topic)
+    return sum(w.high - w.low for w in cluster.watermarks(topic, parts).values())
+
+
+def consume_all(kafka_config: KafkaConfig, topic: str, expected: int,
+                timeout_s: float = 20.0) -> list[tuple[str, bytes]]:
+    """Every (key, value) in ``topic``, read from the beginning until ``expected`` arrived."""
+    consumer = Consumer({"bootstrap.servers": kafka_config.bootstrap_servers, "group.id": f"read-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        consumer.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
+        out: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                key, value = msg.key(), msg.value()
+                assert isinstance(key, bytes) and isinstance(value, bytes)
+                out.append((key.decode(), value))
+        return out
+    finally:
+        consumer.close()
+
+
+def test_synthetic_records_arrive_byte_identical_keyed_by_image_id(kafka_config: KafkaConfig) -> None:
+    settings = make_settings(kafka_config, {"producer.source.count": 12, "producer.source.eval_fraction": 0.25})
+    summary = app.run(settings)
+    assert (summary.sent, summary.failed, summary.eval_sent) == (12, 0, 3)
+
+    expected = {r.image_id: r for r in synthetic.generate(12, min_size=64, max_size=96, eval_fraction=0.25)}
+    train = consume_all(kafka_config, settings.topics.train, 9)
+    evals = consume_all(kafka_config, settings.topics.eval, 3)
+    for messages, split in ((train, "train"), (evals, "test")):
+        for key, value in messages:
+            record, ts = wire.decode(value)
+            assert key == record.image_id
+            assert record == expected[key]
+            assert record.split == split
+            assert abs(ts / 1000 - time.time()) < 120
+    assert sorted(k for k, _ in train + evals) == sorted(expected)
+
+
+def _write_pet_dir(root: Path, names: list[str], *, missing_trimap: tuple[str, ...] = (),
+                   corrupt: tuple[str, ...] = (), not_an_image: tuple[str, ...] = ()) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        w, h = 64 + i % 5 * 8, 72 + i % 3 * 8
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        data = buf.getvalue()
+        if name in corrupt:
+            data = data[: len(data) // 3]  # truncated JPEG: right magic, undecodable
+        if name in not_an_image:
+            data = b"<html>not an image</html>"
+        (root / "images" / f"{name}.jpg").write_bytes(data)
+        if name not in missing_trimap:
+            mask = np.full((h, w), 2, dtype=np.uint8)
+            mask[10:30, 10:30], mask[9, 9:31] = 1, 3
+            Image.fromarray(mask, "L").save(root / "annotations" / "trimaps" / f"{name}.png")
+
+
+def test_dir_source_sends_files_as_is_and_honours_split_lists(kafka_config: KafkaConfig, tmp_path: Path) -> None:
+    names = [f"Cat_{i}" for i in range(8)]
+    _write_pet_dir(tmp_path, names)
+    (tmp_path / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in names[:6]))
+    (tmp_path / "annotations" / "test.txt").write_text("# comment\n" + "".join(f"{n} 1 1 1\n" for n in names[6:]))
+    settings = make_settings(kafka_config, {"producer.source.kind": "dir", "producer.source.path": str(tmp_path)})
+
+    summary = app.run(settings)
+
+    assert (summary.sent, summary.eval_sent, summary.skipped) == (8, 2, {})
+    got = consume_all(kafka_config, settings.topics.train, 6) + consume_all(kafka_config, settings.topics.eval, 2)
+    assert len(got) == 8
+    for key, value in got:
+        record, _ = wire.decode(value)
+        assert record.image == (tmp_path / "images" / f"{key}.jpg").read_bytes()
+        assert record.mask == (tmp_path / "annotations" / "trimaps" / f"{key}.png").read_bytes()
+        assert record.split == ("test" if key in names[6:] else "train")
+
+
+def test_corrupt_files_and_missing_trimaps_are_skipped_and_counted_once(
+        kafka_config: KafkaConfig, cluster: Cluster, tmp_path: Path) -> None:
+    names = [f"Dog_{i}" for i in range(8)]
+    _write_pet_dir(tmp_path, names, missing_trimap=("Dog_1",), corrupt=("Dog_2", "Dog_3"), not_an_image=("Dog_4",))
+    settings = make_settings(kafka_config, {"producer.source.kind": "dir", "producer.source.path": str(tmp_path),
+                                              "producer.passes": 2})
+
+    summary = app.run(settings)
+
+    assert summary.skipped == {"missing_trimap": 1, "unreadable": 3}
+    assert (summary.sent, summary.failed) == (2 * 4, 0)
+    assert topic_count(cluster, settings.topics.train) == 8
+
+
+def test_oversize_messages_are_skipped_and_counted(kafka_config: KafkaConfig, cluster: Cluster) -> None:
+    # 64-96 px noisy JPEGs are 3-8 KB; a 4 KB limit lets some through and stops others.
+    settings = make_settings(kafka_config, {"producer.message_max_bytes": 4500, "producer.source.count": 12})
+    sizes = [len(wire.encode(r, 0)) + len(r.image_id) for r in synthetic.generate(12, min_size=64, max_size=96)]
+    too_big = sum(s > 4500 for s in sizes)
+    assert 0 < too_big < 12, sizes
+
+    summary = app.run(settings)
+
+    assert summary.skipped == {"oversize": too_big}
+    assert summary.sent == topic_count(cluster, settings.topics.train) == 12 - too_big
+
+
+def test_bounded_passes_send_exactly_passes_times_dataset(kafka_config: KafkaConfig, cluster: Cluster) -> None:
+    settings = make_settings(kafka_config, {"producer.passes": 3, "producer.source.count": 10,
+                                              "producer.source.eval_fraction": 0.2})
+    summary = app.run(settings)
+    # Train records every pass; the eval set only in the first.
+    assert topic_count(cluster, settings.topics.train) == 3 * 8
+    assert topic_count(cluster, settings.topics.eval) == 2
+    assert (summary.sent, summary.eval_sent) == (26, 2)
+
+
+def test_round_robin_spreads_messages_evenly_over_partitions(kafka_config: KafkaConfig, cluster: Cluster) -> None:
+    settings = make_settings(kafka_config, {"producer.partitioner": "round_robin", "topics.partitions": 3,
+                                              "producer.source.count": 12, "producer.shuffle": False})
+    app.run(settings)
+    marks = cluster.watermarks(settings.topics.train, cluster.partitions(settings.topics.train))
+    assert [w.high for w in marks.values()] == [4, 4, 4]
+
+
+def test_rate_limit_holds_within_a_quarter(kafka_config: KafkaConfig, cluster: Cluster) -> None:
+    settings = make_settings(kafka_config, {"producer.rate": 20.0, "producer.source.count": 40})
+    summary = app.run(settings)
+    assert summary.sent == 40
+    # 40 messages at 20/s: the last leaves at 1.95 s; allow 25% either way.
+    assert 1.5 <= summary.seconds <= 2.5, summary.seconds
+
+
+def test_stop_event_ends_an_endless_run_with_nothing_lost(kafka_config: KafkaConfig, cluster: Cluster) -> None:
+    settings = make_settings(kafka_config, {"producer.passes": 0, "producer.rate": 50.0})
+    stop = threading.Event()
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    try:
+        summary = app.run(settings, stop=stop)
+    finally:
+        timer.cancel()
+    assert summary.sent > 20  # more than two passes of 10: it really was looping
+    assert summary.failed == 0
+    assert topic_count(cluster, settings.topics.train) == summary.sent
+
+
+def test_limit_stops_after_that_many_messages(kafka_config: KafkaConfig, cluster: Cluster) -> None:
+    settings = make_settings(kafka_config, {"producer.passes": 0})
+    summary = app.run(settings, limit=15)
+    assert summary.sent == 15 == topic_count(cluster, settings.topics.train)
+
+
+def test_missing_topic_without_create_topics_names_it(kafka_config: KafkaConfig) -> None:
+    from stream_trainer.errors import ConfigError
+
+    settings = make_settings(kafka_config, {"producer.create_topics": False})
+    with pytest.raises(ConfigError, match=settings.topics.train):
+        app.run(settings)
+
+
+def test_tfds_source_without_tensorflow_datasets_is_a_one_line_config_error(
+        kafka_config: KafkaConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from stream_trainer.errors import ConfigError
+
+    real_import: Callable[..., object] = builtins.__import__
+
+    def no_tfds(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("tensorflow_datasets"):
+            msg = "No module named 'tensorflow_datasets'"
+            raise ImportError(msg)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    settings = make_settings(kafka_config, {"producer.source.kind": "tfds"})
+    with pytest.raises(ConfigError, match="tensorflow_datasets is not installed") as info:
+        app.run(settings)
+    assert "\n" not in str(info.value)
+
+
+def test_palette_trimaps_are_sent_as_single_channel_png_with_the_same_values(tmp_path: Path) -> None:
+    from producer.sources.directory import DirectorySource
+    from stream_trainer.config import ProducerSourceConfig
+
+    _write_pet_dir(tmp_path, ["Pug_1"])
+    trimap_path = tmp_path / "annotations" / "trimaps" / "Pug_1.png"
+    values = np.asarray(Image.open(trimap_path))
+    palette = Image.fromarray(values, "P")
+    palette.putpalette([0, 0, 0, 255, 255, 255, 128, 128, 128, 200, 0, 0])
+    palette.save(trimap_path)
+
+    (record,) = DirectorySource(ProducerSourceConfig(kind="dir", path=str(tmp_path))).iterate(0, False, True)
+
+    assert isinstance(record, wire.PetRecord)
+    mask = Image.open(io.BytesIO(record.mask))
+    assert mask.mode == "L"
+    assert np.array_equal(np.asarray(mask), values)
