@@ -116,3 +116,18 @@ class CheckpointStore:
             msg = f"exporting the model into {out} failed: {exc}"
             raise CheckpointError(msg) from exc
         return final
+
+
+def read_positions(checkpoint_dir: str | Path) -> tuple[int, str, dict[int, int]] | None:
+    """(step, topic, next offsets) of the newest checkpoint in a directory, without a model.
+
+    For operators and tests: what a restart would resume from.
+    """
+    path = tf.train.latest_checkpoint(str(checkpoint_dir))
+    if path is None:
+        return None
+    reader = tf.train.load_checkpoint(path)
+    step = int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    saved = json.loads(reader.get_tensor("kafka_positions/.ATTRIBUTES/VARIABLE_VALUE").decode() or "{}")
+    offsets = {int(p): int(o) for p, o in saved.get("next_offsets", {}).items()}
+    return step, str(saved.get("topic", "")), offsets

@@ -25,8 +25,11 @@ RDKAFKA_LOG = logging.getLogger("librdkafka")
 RDKAFKA_LOG.setLevel(logging.CRITICAL)
 
 # Group-coordinator answers that mean "not yet": a fresh broker is still loading __consumer_offsets.
+# Likewise a just-created partition whose leader is still being elected.
 _RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+              KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+              KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 
 
 def client_config(kafka: KafkaConfig, **extra: object) -> dict[str, object]:
@@ -155,7 +158,9 @@ class Cluster:
     def watermarks(self, topic: str, partitions: Iterable[int], timeout_s: float = 5.0) -> dict[int, Watermarks]:
         out = {}
         for p in partitions:
-            low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            tp = TopicPartition(topic, p)
+            low, high = _retry(f"reading watermarks of {topic}[{p}]",
+                               lambda tp=tp: self.consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)
             out[p] = Watermarks(low, high)
         return out
 

@@ -17,6 +17,13 @@ from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Declared here because pytest reads pytest_addoption only from the root conftest; the
+    # fault suite (tests/faults/conftest.py) decides what it means.
+    parser.addoption("--run-faults", action="store_true", default=False,
+                     help="also run the slow fault-injection scenarios (make test-faults)")
+
+
 @pytest.fixture(scope="session")
 def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
     """The session's broker process, or None when KAFKA_BOOTSTRAP names an existing cluster."""

@@ -1,0 +1,140 @@
+"""The Kafka plumbing against the real 3.9.1 broker: confluent-kafka both ways, tensorflow-io's
+librdkafka 1.5.0 reading from an offset with positions, idle topics, and group offsets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import tensorflow as tf
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from stream_trainer import source
+from stream_trainer.config import KafkaConfig
+from stream_trainer.kafka import Cluster
+
+
+def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap})
+    for partition, key, value in items:
+        p.produce(topic, key=key, value=value, partition=partition)
+    assert p.flush(10) == 0
+
+
+def _next_within(iterator, timeout_s: float):  # noqa: ANN001, ANN202
+    """next(iterator) on a helper thread, so a blocked tfio read fails the test instead of hanging it."""
+    box: list[object] = []
+    t = threading.Thread(target=lambda: box.append(next(iterator, StopIteration)), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert box, f"no element within {timeout_s} s"
+    return box[0]
+
+
+def test_confluent_round_trip_over_several_partitions(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=3)
+    sent = {(p, f"k{p}-{i}".encode(), f"v{p}-{i}".encode()) for p in range(3) for i in range(5)}
+    _produce(kafka_bootstrap, topic, sorted(sent))
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"rt-{topic}", "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got = set()
+    deadline = time.monotonic() + 30
+    while len(got) < len(sent) and time.monotonic() < deadline:
+        msg = c.poll(0.5)
+        if msg is not None and msg.error() is None:
+            got.add((msg.partition(), msg.key(), msg.value()))
+    c.close()
+    assert got == sent
+
+
+def test_tfio_reads_from_the_given_offset_with_partition_and_offset(
+        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=2)
+    _produce(kafka_bootstrap, topic, [(1, f"k{i}".encode(), f"v{i}".encode()) for i in range(10)])
+    ds = source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {1: 4})
+    it = iter(ds)
+    rows = [_next_within(it, 30) for _ in range(6)]
+    assert [int(r["offset"]) for r in rows] == [4, 5, 6, 7, 8, 9]
+    assert {int(r["partition"]) for r in rows} == {1}
+    assert [r["value"].numpy() for r in rows] == [f"v{i}".encode() for i in range(4, 10)]
+    assert [r["key"].numpy() for r in rows] == [f"k{i}".encode() for i in range(4, 10)]
+
+
+def test_tfio_yields_partition_colon_offset_strings(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    import tensorflow_io.kafka as tfio_kafka
+
+    topic = new_topic(partitions=1)
+    _produce(kafka_bootstrap, topic, [(0, b"a", b"x"), (0, b"b", b"y")])
+    ds = tfio_kafka.KafkaDataset([f"{topic}:0:1:-1"], servers=kafka_bootstrap, eof=False,
+                                 message_key=True, message_offset=True)
+    value, key, position = _next_within(iter(ds), 30)
+    assert (value.numpy(), key.numpy(), position.numpy()) == (b"y", b"b", b"0:1")
+
+
+def test_idle_topic_does_not_end_the_stream_and_late_messages_arrive(
+        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=2)
+    _produce(kafka_bootstrap, topic, [(0, b"k", b"early")])
+    it = iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0},
+                                  poll_timeout_ms=200))
+    assert _next_within(it, 30)["value"].numpy() == b"early"
+    # Both partitions are now idle for longer than several poll timeouts; the stream must wait.
+    timer = threading.Timer(2.0, _produce, (kafka_bootstrap, topic, [(1, b"k", b"late")]))
+    timer.start()
+    late = _next_within(it, 30)
+    timer.join()
+    assert late is not StopIteration
+    assert (late["value"].numpy(), int(late["partition"]), int(late["offset"])) == (b"late", 1, 0)
+
+
+def test_idle_partition_does_not_hold_back_busy_ones(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=3)
+    _produce(kafka_bootstrap, topic, [(2, b"k", f"v{i}".encode()) for i in range(20)])
+    it = iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0, 2: 0}))
+    values = [_next_within(it, 30)["value"].numpy() for _ in range(20)]
+    assert sorted(values) == sorted(f"v{i}".encode() for i in range(20))
+
+
+def test_committed_group_offsets_read_back(kafka_config: KafkaConfig, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=2)
+    _produce(kafka_config.bootstrap_servers, topic, [(p, b"k", b"v") for p in (0, 1) for _ in range(5)])
+    writer = Cluster(kafka_config, group_id=f"g-{topic}")
+    writer.commit(topic, {0: 3, 1: 5})
+    writer.close()
+    reader = Cluster(kafka_config, group_id=f"g-{topic}")
+    assert reader.committed(topic, [0, 1]) == {0: 3, 1: 5}
+    marks = reader.watermarks(topic, [0, 1])
+    assert {p: m.high for p, m in marks.items()} == {0: 5, 1: 5}
+    reader.close()
+
+
+def test_group_without_commits_has_no_offsets(cluster: Cluster, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=2)
+    assert cluster.committed(topic, [0, 1]) == {}
+
+
+def test_missing_topic_is_a_config_error_naming_it(cluster: Cluster) -> None:
+    import pytest
+
+    from stream_trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="topic 'no-such-topic' does not exist"):
+        cluster.partitions("no-such-topic")
+
+
+def test_worker_shares_split_partitions_without_overlap() -> None:
+    from stream_trainer.config import SourceConfig
+
+    parts = list(range(7))
+    shares = [source.assigned_partitions(parts, SourceConfig(worker_index=i, worker_count=3)) for i in range(3)]
+    assert sorted(p for s in shares for p in s) == parts
+    assert source.assigned_partitions(parts, SourceConfig(partitions=[5, 1, 9])) == [1, 5]
+
+
+def test_tf_is_importable_with_tfio_kafka() -> None:
+    # A wrong tfio/TF pairing fails at import time with an undefined-symbol error.
+    import tensorflow_io.kafka  # noqa: F401
+
+    assert tf.__version__.startswith("2.16")
+    _ = TopicPartition
