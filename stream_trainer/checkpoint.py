@@ -57,9 +57,11 @@ class CheckpointStore:
     def restore(self) -> Restored | None:
         """Restore the newest readable checkpoint; a corrupt newest one falls back to older ones."""
         for path in reversed(self._manager.checkpoints):
+            # A truncated data file surfaces from TensorFlow's reader as IndexError ("Read less
+            # bytes than requested"), not as an OpError.
             try:
                 self._ckpt.restore(path).assert_existing_objects_matched()
-            except (tf.errors.OpError, AssertionError, ValueError) as exc:
+            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:
                 log.error("checkpoint %s is unreadable (%s); trying an older one", path, str(exc).splitlines()[0])
                 continue
             saved = json.loads(self._positions.numpy().decode() or "{}")

@@ -38,9 +38,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from stream_trainer import app, config
+    from stream_trainer import config
 
     settings = config.load(args.config, _overrides(args))
+    # Imported after the config is valid: TensorFlow takes seconds to load, a typo should not.
+    from stream_trainer import app
+
     summary = app.run_trainer(settings, handle_signals=True)
     log.info("stopped: %s", summary)
     return 0
@@ -142,5 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console-script entry: exit without interpreter teardown once the command has finished.
+
+    A trainer leaves tensorflow-io Kafka readers blocked in C++ (they ignore cancellation), and
+    TensorFlow's thread-pool teardown at exit would wait for them; everything that matters
+    (checkpoint, commit, logs) is done and flushed by the time ``main`` returns.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

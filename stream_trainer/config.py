@@ -298,7 +298,11 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            msg = f"config file {path} is not valid YAML: {exc}"
+            # PyYAML's own text spans several lines (with a caret drawing); errors here are one line.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            msg = f"config file {path} is not valid YAML{where}: {problem}"
             raise ConfigError(msg) from exc
         if loaded is not None and not isinstance(loaded, dict):
             msg = f"config file {path} must hold a mapping at the top level"

@@ -25,3 +25,7 @@ class BrokerUnavailableError(StreamTrainerError):
 
 class CheckpointError(StreamTrainerError):
     """A checkpoint could not be written or read."""
+
+
+class InputPipelineError(StreamTrainerError):
+    """The tf.data input pipeline could not be built or run (not a passing broker outage)."""

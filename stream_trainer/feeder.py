@@ -5,9 +5,10 @@ arrives, and a Python signal handler cannot run while the main thread sits in th
 The loop instead reads this queue with a timeout, so SIGTERM is noticed within a fraction of
 a second even on an idle topic; the feeder is a daemon thread and never holds up exit.
 
-When the source itself fails (tfio gives up after "all brokers down"), the feeder rebuilds the
-dataset from the positions the loop has trained up to and carries on: an outage shows up as
-input wait, not as a dead process.
+When the source itself fails (tfio 0.37.1 ends its iterator on a fatal librdkafka error or a
+consume error other than a transport failure; "all brokers down" alone it rides out, reconnecting
+by itself), the feeder rebuilds the dataset from the positions the loop has trained up to and
+carries on: an outage shows up as input wait, not as a dead process (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ SOURCE_RESTARTS = Counter(
 
 Batch = dict[str, Any]
 
+# Every iterator a feeder ever made stays referenced for the life of the process. tfio's reader
+# ignores cancellation while it waits for a message, so destroying an iterator whose reader is
+# blocked waits forever, holding the GIL: the whole process would freeze (seen when a stopped
+# trainer's Feeder was garbage-collected). The CLI leaves with os._exit, so none is ever freed.
+_ITERATORS: list[object] = []
+
 
 class Feeder:
     """Iterates ``make_dataset()`` in a daemon thread; ``get`` hands batches to the loop."""
@@ -40,6 +47,7 @@ class Feeder:
         self._backoff = restart_backoff_s
         self.exhausted = threading.Event()  # a bounded dataset ran out (tests, benchmarks)
         self.restarts = 0
+        self.failure: BaseException | None = None  # set when the pipeline cannot be built at all
         self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
 
     def start(self) -> Feeder:
@@ -63,9 +71,18 @@ class Feeder:
         return False
 
     def _run(self) -> None:
+        try:
+            self._feed()
+        except Exception as exc:  # noqa: BLE001 - a bug building the pipeline: the loop must stop, not starve
+            log.exception("the input pipeline cannot run")
+            self.failure = exc
+
+    def _feed(self) -> None:
         while not self._stop.is_set():
+            iterator = iter(self._make())
+            _ITERATORS.append(iterator)
             try:
-                for batch in self._make():
+                for batch in iterator:
                     if not self._put(batch):
                         return
                 self.exhausted.set()

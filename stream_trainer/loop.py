@@ -23,7 +23,7 @@ from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.committer import Committer
 from stream_trainer.config import LoopConfig
 from stream_trainer.deadletter import DeadLetterWorker
-from stream_trainer.errors import CheckpointError
+from stream_trainer.errors import CheckpointError, InputPipelineError
 from stream_trainer.evaluate import EvalResult, Evaluator
 from stream_trainer.feeder import Feeder
 from stream_trainer.progress import OffsetTracker
@@ -101,15 +101,19 @@ class TrainLoop:
                 break
             t0 = time.monotonic()
             batch = self.feeder.get(timeout_s=0.25)
-            waited += time.monotonic() - t0
+            dt = time.monotonic() - t0
+            waited += dt  # the whole wait before this batch (histogram)
+            window.waited += dt  # only this status line's share: an outage spans many lines
             if batch is None:
                 if self.feeder.exhausted.is_set():
                     s.stopped_by = "end of input"
                     break
+                if self.feeder.failure is not None:
+                    s.stopped_by = "input failure"
+                    break
                 self._housekeeping(window)
                 continue
             metrics.INPUT_WAIT_SECONDS.observe(waited)
-            window.waited += waited
             waited = 0.0
             self._step(batch)
             window.images += int(batch["image"].shape[0])
@@ -117,6 +121,9 @@ class TrainLoop:
                 self._evaluate()
             self._housekeeping(window)
         self._finish()
+        if self.feeder.failure is not None:
+            msg = f"the input pipeline failed: {self.feeder.failure!r} (progress up to step {s.step} is checkpointed)"
+            raise InputPipelineError(msg) from self.feeder.failure
         return s
 
     def _should_stop(self, started: float) -> str:

@@ -6,7 +6,11 @@ Kafka, the benchmarks and tests make them from memory.
 
 Malformed messages never stop the stream: each message is decoded inside its own one-element
 dataset with ``ignore_errors``, so a bad one simply disappears while errors of the Kafka source
-itself (a broker outage) still surface to the loop. Every surviving element carries ``prev``,
+itself (a broker outage) still surface to the loop. Those one-element datasets run one after
+another within a partition (``flat_map``); partitions decode in parallel. A parallel,
+order-keeping interleave would decode several messages of a partition at once, but it holds
+about ``cycle_length`` messages back before emitting one: 2.3 s of produce->train latency at
+3.5 messages/s per partition (docs/benchmarks.md). Every surviving element carries ``prev``,
 the offset of the previous surviving message of its partition; a hole between ``prev`` and
 ``offset`` is exactly the set of dropped messages, which the loop re-reads, diagnoses and
 dead-letters (``deadletter.py``).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import tensorflow as tf
 
@@ -43,15 +48,19 @@ def decode_example(value: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     version_ok = tf.debugging.assert_equal(
         ex[wire.VERSION_KEY], tf.constant(wire.FORMAT_VERSION, tf.int64), message="unsupported format_version")
     with tf.control_dependencies([version_ok]):
-        image = tf.io.decode_image(ex[wire.IMAGE_KEY], channels=3, expand_animations=False)
+        image, stored_hw = _decode_image(ex[wire.IMAGE_KEY], image_size)
     mask = tf.io.decode_png(ex[wire.MASK_KEY], channels=1)
     same_size = tf.debugging.assert_equal(
-        tf.shape(image)[:2], tf.shape(mask)[:2], message="mask size differs from image size")
+        stored_hw, tf.shape(mask)[:2], message="mask size differs from image size")
     in_range = tf.debugging.Assert(
         tf.reduce_all((mask >= wire.PET) & (mask <= wire.BORDER)), ["mask values outside {1,2,3}"])
     with tf.control_dependencies([same_size, in_range]):
         size = [image_size, image_size]
-        image = tf.image.resize(image, size, method="bilinear", antialias=True)
+        # Shrinking: area averaging is the box filter a downscale needs, at the price of a plain
+        # bilinear (an antialiased bilinear costs 0.6 ms more per 320 px image). Enlarging: bilinear.
+        image = tf.cond(tf.reduce_all(tf.shape(image)[:2] >= image_size),
+                        lambda: tf.image.resize(image, size, method="area"),
+                        lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
         # Nearest keeps labels labels: no averaged class ids on the pet's border.
         mask = tf.image.resize(mask, size, method="nearest") - wire.PET
     return {
@@ -61,11 +70,34 @@ def decode_example(value: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     }
 
 
-def decode_stream(raw: tf.data.Dataset, start: tf.Tensor, image_size: int, parallel: int = 4) -> tf.data.Dataset:
+def _decode_image(data: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """RGB pixels (uint8, h x w x 3) and the stored height and width of an encoded image.
+
+    A JPEG decodes at the smallest libjpeg scale (1/2, 1/4, 1/8) that keeps both sides at least
+    ``image_size``: the scaling happens inside the inverse DCT, which also low-passes, and leaves
+    the resize less to do. Other formats (PNG, GIF, BMP) decode at full size.
+    """
+
+    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+        stored_hw = tf.io.extract_jpeg_shape(data)[:2]
+        scale = tf.add_n([tf.cast(tf.reduce_min(stored_hw) >= r * image_size, tf.int32) for r in (2, 4, 8)])
+        image = tf.switch_case(scale, [partial(tf.io.decode_jpeg, data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
+        return image, stored_hw
+
+    def other() -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return image, tf.shape(image)[:2]
+
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def decode_stream(raw: tf.data.Dataset, start: tf.Tensor, image_size: int, parallel: int = 1) -> tf.data.Dataset:
     """Decode one partition's raw stream in offset order, dropping malformed messages.
 
-    ``parallel`` messages decode at once; ``deterministic=True`` keeps offset order, which the
-    ``prev`` chain relies on. ``start`` is the partition's first offset to read.
+    Offset order is what the ``prev`` chain relies on. ``start`` is the partition's first offset
+    to read. ``parallel`` > 1 decodes that many messages of the partition at once with an
+    order-keeping parallel interleave, which holds back about ``parallel`` messages (latency of
+    ``parallel / rate`` on a slow partition); 1 decodes them one by one, adding no latency.
     """
 
     def safe_decode(msg: dict[str, tf.Tensor]) -> tf.data.Dataset:
@@ -77,8 +109,11 @@ def decode_stream(raw: tf.data.Dataset, start: tf.Tensor, image_size: int, paral
 
         return tf.data.Dataset.from_tensors(msg).map(decode).ignore_errors()
 
-    decoded = raw.interleave(safe_decode, cycle_length=parallel, block_length=1,
-                             num_parallel_calls=parallel, deterministic=True)
+    if parallel > 1:
+        decoded = raw.interleave(safe_decode, cycle_length=parallel, block_length=1,
+                                 num_parallel_calls=parallel, deterministic=True)
+    else:
+        decoded = raw.flat_map(safe_decode)
 
     def link(prev: tf.Tensor, elem: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         return elem["offset"], {**elem, "prev": prev}
@@ -125,11 +160,12 @@ RawReader = Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset]
 
 
 def decoded_partitions(read: RawReader, starts: dict[int, int], image_size: int,
-                       decode_parallel: int = 4) -> tf.data.Dataset:
+                       decode_parallel: int = 1) -> tf.data.Dataset:
     """Every partition read by ``read(partition, start)``, decoded, merged as they come.
 
     A parallel, non-deterministic interleave with one slot per partition: an idle partition
-    (its reader blocks until a message arrives) never holds the busy ones back.
+    (its reader blocks until a message arrives) never holds the busy ones back, and partitions
+    decode in parallel with each other. ``decode_parallel``: see ``decode_stream``.
     """
     partitions = sorted(starts)
     index = tf.data.Dataset.from_tensor_slices((

@@ -40,15 +40,27 @@ def tfio_config(kafka: KafkaConfig) -> list[str]:
     return [*_TFIO_GLOBAL, *extra]
 
 
-def partition_reader(kafka: KafkaConfig, topic: str, poll_timeout_ms: int, group_id: str):  # noqa: ANN201
+def partition_reader(kafka: KafkaConfig, topic: str, poll_timeout_ms: int, group_id: str,  # noqa: ANN201
+                     stop_offsets: Mapping[int, int] | None = None):
     """A function ``(partition, start_offset) -> Dataset`` of ``(key, value, partition, offset)``.
 
     It is meant for ``Dataset.interleave``: ``eof=False`` blocks inside C++ until a message
     comes, so one idle partition must not hold the others back (parallel, non-deterministic
     interleave). The poll timeout bounds how long one ``consume`` call blocks.
+
+    ``stop_offsets`` (partition -> offset to stop before, for every partition read) bounds the
+    read for benchmarks and tests: each partition ends after ``stop - start`` messages, so the
+    topic must have no offset gaps (no transactions, no compaction) in that range. Why not
+    ``.take(n)`` on the merged stream: tfio's reader loops in C++ without checking for
+    cancellation, so destroying a parallel interleave whose workers wait on a drained partition
+    hangs forever. Why not tfio's own ``topic:p:start:last`` limit: it reads nothing when
+    ``start == last``, i.e. for a one-message range.
     """
     servers = kafka.bootstrap_servers
     config = tfio_config(kafka)
+    stops = None
+    if stop_offsets:
+        stops = tf.constant([stop_offsets.get(p, 0) for p in range(max(stop_offsets) + 1)], tf.int64)
 
     def read(partition: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
         spec = tf.strings.join([topic, tf.strings.as_string(partition), tf.strings.as_string(start), "-1"], ":")
@@ -56,7 +68,10 @@ def partition_reader(kafka: KafkaConfig, topic: str, poll_timeout_ms: int, group
             tf.reshape(spec, [1]), servers=servers, group=group_id, eof=False, timeout=poll_timeout_ms,
             config_global=config, message_key=True, message_offset=True,
         )
-        return ds.map(_split_position)
+        ds = ds.map(_split_position)
+        if stops is not None:
+            ds = ds.take(tf.maximum(tf.gather(stops, partition) - tf.cast(start, tf.int64), 0))
+        return ds
 
     return read
 
@@ -74,11 +89,14 @@ def _split_position(value: tf.Tensor, key: tf.Tensor, position: tf.Tensor) -> di
 
 def kafka_stream(
     kafka: KafkaConfig, topic: str, starts: Mapping[int, int], poll_timeout_ms: int = 1000,
-    group_id: str = "stream-trainer-tfio",
+    group_id: str = "stream-trainer-tfio", stop_offsets: Mapping[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """All ``starts`` partitions as one unbounded stream of raw messages (no decoding)."""
+    """All ``starts`` partitions as one stream of raw messages (no decoding).
+
+    Unbounded unless ``stop_offsets`` is given (see ``partition_reader``).
+    """
     partitions = sorted(starts)
-    read = partition_reader(kafka, topic, poll_timeout_ms, group_id)
+    read = partition_reader(kafka, topic, poll_timeout_ms, group_id, stop_offsets)
     index = tf.data.Dataset.from_tensor_slices((
         tf.constant(partitions, tf.int32), tf.constant([starts[p] for p in partitions], tf.int64)))
     return index.interleave(read, cycle_length=len(partitions), block_length=1,

@@ -22,6 +22,17 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) 
     assert p.flush(10) == 0
 
 
+# tfio's reader loops inside C++ until a message comes and ignores cancellation, so destroying an
+# iterator whose reader is blocked would wait forever. Tests keep their iterators alive instead
+# (the trainer's feeder does the same with replaced pipelines).
+_ALIVE: list[object] = []
+
+
+def _keep(iterator):  # noqa: ANN001, ANN202
+    _ALIVE.append(iterator)
+    return iterator
+
+
 def _next_within(iterator, timeout_s: float):  # noqa: ANN001, ANN202
     """next(iterator) on a helper thread, so a blocked tfio read fails the test instead of hanging it."""
     box: list[object] = []
@@ -53,7 +64,7 @@ def test_tfio_reads_from_the_given_offset_with_partition_and_offset(
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(1, f"k{i}".encode(), f"v{i}".encode()) for i in range(10)])
     ds = source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {1: 4})
-    it = iter(ds)
+    it = _keep(iter(ds))
     rows = [_next_within(it, 30) for _ in range(6)]
     assert [int(r["offset"]) for r in rows] == [4, 5, 6, 7, 8, 9]
     assert {int(r["partition"]) for r in rows} == {1}
@@ -66,9 +77,10 @@ def test_tfio_yields_partition_colon_offset_strings(kafka_bootstrap: str, new_to
 
     topic = new_topic(partitions=1)
     _produce(kafka_bootstrap, topic, [(0, b"a", b"x"), (0, b"b", b"y")])
-    ds = tfio_kafka.KafkaDataset([f"{topic}:0:1:-1"], servers=kafka_bootstrap, eof=False,
+    # A group id is required: with tfio's default (empty) group librdkafka 1.5 reads nothing.
+    ds = tfio_kafka.KafkaDataset([f"{topic}:0:1:-1"], servers=kafka_bootstrap, group="tfio-test", eof=False,
                                  message_key=True, message_offset=True)
-    value, key, position = _next_within(iter(ds), 30)
+    value, key, position = _next_within(_keep(iter(ds)), 30)
     assert (value.numpy(), key.numpy(), position.numpy()) == (b"y", b"b", b"0:1")
 
 
@@ -76,8 +88,8 @@ def test_idle_topic_does_not_end_the_stream_and_late_messages_arrive(
         kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(0, b"k", b"early")])
-    it = iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0},
-                                  poll_timeout_ms=200))
+    it = _keep(iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0},
+                                        poll_timeout_ms=200)))
     assert _next_within(it, 30)["value"].numpy() == b"early"
     # Both partitions are now idle for longer than several poll timeouts; the stream must wait.
     timer = threading.Timer(2.0, _produce, (kafka_bootstrap, topic, [(1, b"k", b"late")]))
@@ -91,7 +103,7 @@ def test_idle_topic_does_not_end_the_stream_and_late_messages_arrive(
 def test_idle_partition_does_not_hold_back_busy_ones(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=3)
     _produce(kafka_bootstrap, topic, [(2, b"k", f"v{i}".encode()) for i in range(20)])
-    it = iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0, 2: 0}))
+    it = _keep(iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0, 2: 0})))
     values = [_next_within(it, 30)["value"].numpy() for _ in range(20)]
     assert sorted(values) == sorted(f"v{i}".encode() for i in range(20))
 
@@ -138,3 +150,12 @@ def test_tf_is_importable_with_tfio_kafka() -> None:
 
     assert tf.__version__.startswith("2.16")
     _ = TopicPartition
+
+
+def test_bounded_read_ends_at_the_stop_offsets(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=2)
+    _produce(kafka_bootstrap, topic, [(p, b"k", b"v") for p in (0, 1) for _ in range(3)])
+    ds = source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 1, 1: 0},
+                             stop_offsets={0: 3, 1: 3})
+    got = sorted((int(r["partition"]), int(r["offset"])) for r in ds)
+    assert got == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]

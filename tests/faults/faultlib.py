@@ -16,7 +16,6 @@ fast ones run in every ``make test``.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

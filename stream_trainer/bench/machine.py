@@ -1,0 +1,81 @@
+"""What the numbers were measured on: cores, memory, load, versions, resident memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _proc_field(path: str, name: str) -> str:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def describe() -> dict[str, Any]:
+    """Cores this process may use (``nproc``), memory, CPU model and the software versions."""
+    import confluent_kafka
+    import keras
+    import numpy
+    import PIL
+    import tensorflow as tf
+    import tensorflow_io
+
+    mem_kb = _proc_field("/proc/meminfo", "MemTotal").split()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name"),
+        "memory_gib": round(int(mem_kb[0]) / 1024**2, 1) if mem_kb else None,
+        "platform": platform.platform(),
+        "versions": {
+            "python": sys.version.split()[0],
+            "tensorflow": tf.__version__,
+            "tensorflow_io": tensorflow_io.__version__,
+            "tensorflow_io_librdkafka": "1.5.0 (bundled)",
+            "keras": keras.__version__,
+            "confluent_kafka": confluent_kafka.__version__,
+            "librdkafka": confluent_kafka.libversion()[0],
+            "numpy": numpy.__version__,
+            "pillow": PIL.__version__,
+        },
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib() -> float:
+    """VmHWM: the highest resident set since the process started or ``reset_peak_rss``."""
+    hwm = _proc_field("/proc/self/status", "VmHWM").split()
+    if hwm:
+        return round(int(hwm[0]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mib() -> float:
+    rss = _proc_field("/proc/self/status", "VmRSS").split()
+    return round(int(rss[0]) / 1024, 1) if rss else 0.0
+
+
+def process_peak_rss_mib() -> float:
+    """ru_maxrss: the process's peak since start, whatever was reset."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
