@@ -21,6 +21,7 @@ from stream_trainer.kafka import Cluster
 from stream_trainer.wire import NUM_CLASSES
 
 log = logging.getLogger(__name__)
+KEEP_SNAPSHOTS = 20
 
 
 @dataclass(frozen=True)
@@ -119,4 +120,7 @@ class Evaluator:
         fig.savefig(tmp, dpi=80)
         plt.close(fig)
         os.replace(tmp, self.snapshot_dir / "latest.png")
+        # A daemon evaluates forever: keep the recent pictures, not one per evaluation since day one.
+        for old in sorted(self.snapshot_dir.glob("eval-step-*.png"))[:-KEEP_SNAPSHOTS]:
+            old.unlink(missing_ok=True)
         return path

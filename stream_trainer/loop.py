@@ -51,6 +51,7 @@ class RunSummary:
     start_step: int = 0
     step: int = 0
     images: int = 0
+    loss: float = float("nan")
     checkpoints: int = 0
     checkpoint_failures: int = 0
     evals: list[EvalResult] = field(default_factory=list)
@@ -149,6 +150,7 @@ class TrainLoop:
         metrics.MESSAGES_CONSUMED.labels(self.topic).inc(n)
         metrics.BYTES_CONSUMED.labels(self.topic).inc(int(np.sum(batch["nbytes"])))
         metrics.LOSS.set(loss)
+        s.loss = loss
         self._account(batch)
 
     def _account(self, batch: dict[str, Any]) -> None:
@@ -220,7 +222,7 @@ class TrainLoop:
         dt = max(now - w.t0, 1e-9)
         lag = sum(self.committer.lag.values()) if self.committer.lag else "?"
         log.info("step %d | %.2f steps/s | %.1f img/s | loss %.4f | lag %s | input wait %.0f%% | dead-lettered %d",
-                 self.summary.step, (self.summary.step - w.step) / dt, w.images / dt, metrics.LOSS._value.get(),
+                 self.summary.step, (self.summary.step - w.step) / dt, w.images / dt, self.summary.loss,
                  lag, 100.0 * w.waited / dt, self.dead_letters.sent)
 
     def _finish(self) -> None:

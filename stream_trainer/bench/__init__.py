@@ -114,7 +114,7 @@ def run(settings: Settings, bench: BenchConfig, command: str = "stream-trainer b
         trainer.run(lambda: memory_batches, 1, 1)  # traces the step outside every timed window
         live_runs, memory_runs = [], []
         for round_ in range(bench.repeats):
-            live, mem = training.live_and_memory(ctx, trainer, memory_batches)
+            live, mem = training.live_and_memory(ctx, trainer, memory_batches, memory_first=round_ % 2 == 1)
             live_runs.append(live)
             memory_runs.append(mem)
             log.info("round %d/%d training: live %.3f steps/s (wait %.1f ms), memory %.3f steps/s", round_ + 1,

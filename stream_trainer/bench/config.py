@@ -27,8 +27,9 @@ class FreshnessConfig:
     load: float = 0.5  # producer rate as a fraction of the measured in-memory training rate
     warmup_s: float = 10.0  # messages produced earlier are not counted
     seconds: float = 45.0  # messages produced in this window are counted
-    # The shuffle window holds this many messages, so it alone adds ~shuffle_buffer / rate seconds.
-    shuffle_buffer: int = 8
+    # A message stays in the shuffle window a geometric number of steps (mean shuffle_buffer):
+    # its p99 is ~4.6 x shuffle_buffer / rate seconds, on top of filling a batch (batch_size / rate).
+    shuffle_buffer: int = 2
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,10 @@ class BenchConfig:
     warmup_round_messages: int = 600  # one discarded round first: connections, tracing, caches
     # Each timed read skips this many items at its head (the clock starts after them).
     warmup_messages: int = 200
-    # Messages per hand-over for contenders 1 and 2: consume(num_messages=...), tfio batch().
-    consume_batch: int = 1000
+    # Messages per hand-over for contenders 1 and 2: consume(num_messages=...), tfio batch(). Why
+    # not 1000: 1000 x 54 KB exceeds librdkafka's 64 MB queue (queued.max.messages.kbytes), and
+    # the fetcher then pauses for fetch.queue.backoff.ms (1 s), which measures the pause, not Kafka.
+    consume_batch: int = 100
     train_warmup_steps: int = 3
     train_steps: int = 40
     freshness: FreshnessConfig = field(default_factory=FreshnessConfig)

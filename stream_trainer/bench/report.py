@@ -8,6 +8,7 @@ with both limits as lines, and the freshness latency histogram with its percenti
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 _BARS = ["raw_consume", "tfio_source", "pipeline", "in_memory", "naive", "tfio_tutorial"]
 
 
+def _down(x: float, decimals: int) -> str:
+    """``x`` cut (not rounded) to ``decimals``: a table never shows more than was measured."""
+    scaled = math.floor(x * 10**decimals) / 10**decimals
+    return f"{scaled:,.{decimals}f}"
+
+
 def _fmt(x: float) -> str:
-    """Three significant digits, never rounded up past what was measured."""
+    """Throughputs: whole units from 100 up, else one or three decimals; always cut, never rounded."""
     if x >= 100:
-        return f"{x:,.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.3g}"
+        return _down(x, 0)
+    return _down(x, 1) if x >= 10 else _down(x, 3)
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
@@ -42,7 +47,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} cores usable ({m['cpu_model'] or 'unknown CPU'}), {m['memory_gib']} GiB memory; "
         f"load average before {results['load_average_before']}, after {results['load_average_after']}  ",
         f"Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + "  ",
-        f"Workload: {w['messages']} messages, mean {w['mean_message_bytes'] / 1000:.1f} KB "
+        f"Workload: {w['messages']} messages, mean {_down(w['mean_message_bytes'] / 1000, 1)} KB "
         f"({w['message_image_px']} px JPEG + PNG trimap), {w['partitions']} partitions; "
         f"pipeline {w['image_size']} px, batch {w['batch_size']}, shuffle buffer {w['shuffle_buffer']}; "
         f"{results['repeats']} repeats after a warm-up round, median shown.",
@@ -57,18 +62,18 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_fmt(r['min'])} - {_fmt(r['max'])} | {mb} |")
     for key in ("training_live", "training_memory"):
         r = c[key]
-        lines.append(f"| 7 | {r['title']} | {r['median']:.3f} | steps/s | {r['min']:.3f} - {r['max']:.3f} | |")
-        lines.append(f"|   | ... same, images/s (mean input wait {r['mean_input_wait_ms']['median']:.1f} ms/step) | "
+        lines.append(f"| 7 | {r['title']} | {_down(r['median'], 3)} | steps/s | {_down(r['min'], 3)} - {_down(r['max'], 3)} | |")
+        lines.append(f"|   | ... same, images/s (mean input wait {_down(r['mean_input_wait_ms']['median'], 1)} ms/step) | "
                      f"{_fmt(r['images_per_s']['median'])} | images/s | "
                      f"{_fmt(r['images_per_s']['min'])} - {_fmt(r['images_per_s']['max'])} | |")
     f = c["freshness"]
-    lines.append(f"| 8 | {f['title']} | p50 {f['p50_s']:.3f} / p95 {f['p95_s']:.3f} / p99 {f['p99_s']:.3f} | s | "
-                 f"max {f['max_s']:.3f} ({f['counted']} messages) | |")
+    lines.append(f"| 8 | {f['title']} | p50 {_down(f['p50_s'], 3)} / p95 {_down(f['p95_s'], 3)} / p99 {_down(f['p99_s'], 3)} | s | "
+                 f"max {_down(f['max_s'], 3)} ({f['counted']} messages) | |")
     lines += [
         "",
-        f"Freshness: producer at {f['rate_messages_per_s']:.1f} msg/s = {f['load']:.0%} of the in-memory training "
-        f"rate ({f['capacity_images_per_s']:.1f} images/s), shuffle buffer {f['shuffle_buffer']} "
-        f"(the trainer's {f['trainer_shuffle_buffer']} would add ~{f['trainer_shuffle_wait_estimate_s']:.1f} s "
+        f"Freshness: producer at {_down(f['rate_messages_per_s'], 1)} msg/s = {f['load']:.0%} of the in-memory training "
+        f"rate ({_down(f['capacity_images_per_s'], 1)} images/s), shuffle buffer {f['shuffle_buffer']} "
+        f"(the trainer's {f['trainer_shuffle_buffer']} would add ~{_down(f['trainer_shuffle_wait_estimate_s'], 1)} s "
         f"at this rate), batch {f['batch_size']}.  ",
         f"Peak RSS: {results['memory']['trainer_peak_rss_mib']} MiB during training and freshness "
         f"(whole benchmark process, {results['memory']['rss_before_training_mib']} MiB before them); "
@@ -78,7 +83,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---:|---:|---|",
     ]
     for t in results["targets"]:
-        lines.append(f"| {t['name']} | {t['measured']:.3f} | {t['op']} {t['required']:g} | "
+        lines.append(f"| {t['name']} | {_down(t['measured'], 3)} | {t['op']} {t['required']:g} | "
                      f"{'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -111,10 +116,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     f = c["freshness"]
     hist.hist(f["latencies_s"], bins=40, color="#1f77b4")
     for q, style in (("p50_s", "-"), ("p95_s", "--"), ("p99_s", ":")):
-        hist.axvline(f[q], color="black", ls=style, lw=1, label=f"{q[:3]} {f[q]:.3f} s")
+        hist.axvline(f[q], color="black", ls=style, lw=1, label=f"{q[:3]} {_down(f[q], 3)} s")
     hist.set_xlabel("produce -> trained latency (s)")
     hist.set_ylabel("messages")
-    hist.set_title(f"Freshness at {f['rate_messages_per_s']:.1f} msg/s ({f['load']:.0%} load), "
+    hist.set_title(f"Freshness at {_down(f['rate_messages_per_s'], 1)} msg/s ({f['load']:.0%} load), "
                    f"shuffle buffer {f['shuffle_buffer']}", fontsize=10)
     hist.legend(fontsize=8)
     fig.suptitle(f"stream-trainer bench: {results['workload']['messages']} messages, "

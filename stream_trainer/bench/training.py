@@ -10,8 +10,8 @@ spent in ``Feeder.get`` before each step.
 from __future__ import annotations
 
 import math
-import time
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,8 +89,13 @@ def _get(feeder: Feeder, timeout_s: float, allow_end: bool = False) -> dict[str,
     raise BenchError(msg)
 
 
-def live_and_memory(ctx: Context, trainer: Trainer, memory_batches: tf.data.Dataset) -> tuple[TrainRun, TrainRun]:
-    """One live run (Kafka -> pipeline -> Feeder -> step) and one run from cached batches."""
+def live_and_memory(ctx: Context, trainer: Trainer, memory_batches: tf.data.Dataset,
+                    memory_first: bool = False) -> tuple[TrainRun, TrainRun]:
+    """One live run (Kafka -> pipeline -> Feeder -> step) and one run from cached batches.
+
+    Rounds alternate which goes first, so a drift in the machine's background load does not
+    always land on the same side of the ratio.
+    """
     b, t = ctx.bench, ctx.settings.trainer
     w = ctx.workload
     batch = t.pipeline.batch_size
@@ -104,8 +109,12 @@ def live_and_memory(ctx: Context, trainer: Trainer, memory_batches: tf.data.Data
         return pipeline.train_batches(pipeline.decoded_partitions(read, w.starts(), t.pipeline.image_size),
                                       t.pipeline)
 
-    live_run = trainer.run(live, b.train_warmup_steps, b.train_steps)
-    memory_run = trainer.run(lambda: memory_batches, b.train_warmup_steps, b.train_steps)
+    if memory_first:
+        memory_run = trainer.run(lambda: memory_batches, b.train_warmup_steps, b.train_steps)
+        live_run = trainer.run(live, b.train_warmup_steps, b.train_steps)
+    else:
+        live_run = trainer.run(live, b.train_warmup_steps, b.train_steps)
+        memory_run = trainer.run(lambda: memory_batches, b.train_warmup_steps, b.train_steps)
     return live_run, memory_run
 
 
