@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -81,6 +82,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the broker when the process that started it dies.
+
+    A test run killed by a timeout never reaches its fixture teardown; without this its broker
+    (in its own session, so Ctrl-C does not reach it mid-shutdown) would run on forever.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _cluster_id() -> str:
@@ -185,7 +199,7 @@ class LocalBroker:
             self._proc = subprocess.Popen(
                 self._java(libs, "kafka.Kafka", str(config)),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         try:
             self.wait_ready(self.ready_timeout_s)
