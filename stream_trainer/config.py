@@ -282,32 +282,35 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping ({} for an empty file); ConfigError in one line otherwise."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        msg = f"cannot read config file {path}: {exc.strerror}"
+        raise ConfigError(msg) from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # PyYAML's own text spans several lines (with a caret drawing); errors here are one line.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        msg = f"config file {path} is not valid YAML{where}: {problem}"
+        raise ConfigError(msg) from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        msg = f"config file {path} must hold a mapping at the top level"
+        raise ConfigError(msg)
+    return loaded or {}
+
+
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Load settings from ``path`` (or defaults), then apply dotted-key ``overrides``.
 
     Overrides come from CLI flags and environment variables, e.g.
     ``{"kafka.bootstrap_servers": "broker:9092"}``; they are validated like file keys.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            msg = f"cannot read config file {path}: {exc.strerror}"
-            raise ConfigError(msg) from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            # PyYAML's own text spans several lines (with a caret drawing); errors here are one line.
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            msg = f"config file {path} is not valid YAML{where}: {problem}"
-            raise ConfigError(msg) from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            msg = f"config file {path} must hold a mapping at the top level"
-            raise ConfigError(msg)
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key, value)

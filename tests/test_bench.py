@@ -49,7 +49,7 @@ def test_quick_bench_writes_json_png_and_markdown_with_every_contender(kafka_boo
     assert fresh["counted"] == len(fresh["latencies_s"]) > 0
     assert [t["name"] for t in results["targets"]] and all(isinstance(t["met"], bool) for t in results["targets"])
     assert results["machine"]["nproc"] >= 1 and len(results["load_average_after"]) == 3
-    assert results["memory"]["trainer_peak_rss_mib"] > 0
+    assert results["memory"]["trainer_peak_rss_mib"] > 0 and results["memory"]["daemon"]["peak_rss_mib"] > 0
     assert "--quick" in results["command"]
 
     png = (tmp_path / "results.png").read_bytes()

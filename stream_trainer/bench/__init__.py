@@ -2,12 +2,13 @@
 
 The story of one run: produce the same synthetic messages once; run every throughput contender
 once as a warm-up, then ``repeats`` interleaved rounds (so background load hits them alike);
-train the same model fed live and from memory; measure freshness at a fixed producer rate;
-write ``results.json``, ``results.png`` and ``results.md`` and print the table.
+train the same model fed live and from memory; measure freshness at a fixed producer rate; run
+``stream-trainer run`` briefly for its peak RSS; write ``results.json``, ``results.png`` and
+``results.md`` and print the table.
 
 Modules: ``config`` (the ``bench:`` section), ``workload`` (messages and topics), ``timing``
-(steady-state rates), ``contenders`` (1-6), ``training`` (7), ``freshness`` (8), ``machine``
-(cores, versions, RSS), ``report`` (outputs).
+(steady-state rates), ``contenders`` (1-6), ``training`` (7), ``freshness`` (8), ``rss`` (the
+real daemon's peak memory), ``machine`` (cores, versions, this process's RSS), ``report``.
 """
 
 from __future__ import annotations
@@ -47,19 +48,24 @@ def main(args: argparse.Namespace) -> int:
         settings = settings_config.replace(settings, "kafka.bootstrap_servers", broker.start())
     try:
         results = run(settings, bench, command=_command(args))
+        results["broker"] = {"bootstrap": settings.kafka.bootstrap_servers, "local": broker is not None,
+                             "kafka_version": KAFKA_VERSION if broker is not None else "external"}
+        write_outputs(results, out)
     finally:
         if broker is not None:
             broker.stop()
             shutil.rmtree(workdir, ignore_errors=True)  # type: ignore[arg-type]
-    results["broker"] = {"bootstrap": settings.kafka.bootstrap_servers, "local": broker is not None,
-                         "kafka_version": KAFKA_VERSION if broker is not None else "external"}
+    return 0
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """results.json, results.png and results.md under ``out``; the table is printed too."""
     report.write_json(results, out / "results.json")
     report.chart(results, out / "results.png")
     table = report.markdown(results)
     (out / "results.md").write_text(table)
     print(table)
-    print(f"wrote {out / 'results.json'}, {out / 'results.png'}, {out / 'results.md'}")
-    return 0
+    print(f"wrote {out / 'results.json'}, {out / 'results.png'}, {out / 'results.md'}", flush=True)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -75,7 +81,7 @@ def _command(args: argparse.Namespace) -> str:
 def run(settings: Settings, bench: BenchConfig, command: str = "stream-trainer bench") -> dict[str, Any]:
     """Every contender against the broker in ``settings``; the results as plain data."""
     # Imported here: TensorFlow takes seconds to load, and config errors should not wait for it.
-    from stream_trainer.bench import freshness, training
+    from stream_trainer.bench import freshness, rss, training
     from stream_trainer.bench.contenders import CONTENDERS, Context
     from stream_trainer.bench.timing import summary
     from stream_trainer.bench.workload import make_records, produce_all
@@ -124,7 +130,9 @@ def run(settings: Settings, bench: BenchConfig, command: str = "stream-trainer b
         log.info("freshness at %.1f msg/s: p50 %.3f s, p95 %.3f s, p99 %.3f s", fresh["rate_messages_per_s"],
                  fresh["p50_s"], fresh["p95_s"], fresh["p99_s"])
         trainer_peak = machine.peak_rss_mib()
-        cluster.admin.delete_topics([workload.topic])
+        daemon = rss.trainer_peak_rss(settings, workload.topic, bench.train_warmup_steps + bench.train_steps)
+        log.info("stream-trainer run: peak RSS %.1f MiB over %d steps", daemon["peak_rss_mib"], daemon["steps"])
+        cluster.admin.delete_topics([workload.topic, f"{workload.topic}-dlq"])
     finally:
         cluster.close()
 
@@ -161,7 +169,7 @@ def run(settings: Settings, bench: BenchConfig, command: str = "stream-trainer b
                    "poll_timeout_ms": settings.trainer.source.poll_timeout_ms},
         "contenders": contenders,
         "targets": targets(contenders),
-        "memory": {"trainer_peak_rss_mib": trainer_peak, "rss_before_training_mib": rss_before,
+        "memory": {"daemon": daemon, "trainer_peak_rss_mib": trainer_peak, "rss_before_training_mib": rss_before,
                    "process_peak_rss_mib": machine.process_peak_rss_mib()},
     }
 

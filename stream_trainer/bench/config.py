@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from stream_trainer import config
 from stream_trainer.config import Settings
@@ -75,20 +74,7 @@ def load(path: str | Path | None, *, quick: bool = False, overrides: dict[str, A
     ``overrides`` maps dotted keys (``bench.messages``, ``kafka.bootstrap_servers``) to values;
     None values are ignored. Raises ConfigError naming the key at fault.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            msg = f"cannot read bench config file {path}: {exc.strerror}"
-            raise ConfigError(msg) from exc
-        except yaml.YAMLError as exc:
-            msg = f"bench config file {path} is not valid YAML: {exc}"
-            raise ConfigError(msg) from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            msg = f"bench config file {path} must hold a mapping at the top level"
-            raise ConfigError(msg)
-        data = loaded or {}
+    data = config.read_yaml_mapping(path) if path is not None else {}
     if quick:
         data = _merge(data, QUICK)
     for dotted, value in (overrides or {}).items():

@@ -36,7 +36,8 @@ class Context:
     workload: Workload
 
 
-def _group(name: str) -> str:
+def group_id(name: str) -> str:
+    """A fresh consumer-group id per read: no run sees offsets another one committed."""
     return f"bench-{name}-{uuid.uuid4().hex[:8]}"
 
 
@@ -55,7 +56,7 @@ def raw_consume(ctx: Context, count: int) -> Timeline:
     """confluent-kafka batch ``consume()`` over every partition; values are only counted."""
     w = ctx.workload
     consumer = Consumer(client_config(ctx.settings.kafka, **{
-        "group.id": _group("raw"), "enable.auto.commit": False, "enable.partition.eof": False}))
+        "group.id": group_id("raw"), "enable.auto.commit": False, "enable.partition.eof": False}))
     consumer.assign([TopicPartition(w.topic, p, 0) for p in range(w.partitions)])
     tl = Timeline()
     last = time.monotonic()
@@ -79,7 +80,7 @@ def raw_consume(ctx: Context, count: int) -> Timeline:
 def tfio_source(ctx: Context, count: int) -> Timeline:
     """``source.kafka_stream``: tfio ``KafkaDataset`` per partition, interleaved, no decoding."""
     w, s = ctx.workload, ctx.settings
-    ds = source.kafka_stream(s.kafka, w.topic, w.starts(), s.trainer.source.poll_timeout_ms, _group("tfio"),
+    ds = source.kafka_stream(s.kafka, w.topic, w.starts(), s.trainer.source.poll_timeout_ms, group_id("tfio"),
                              stop_offsets=w.stops(count))
     # Batched like the raw consumer's hand-overs, so that Python's per-element iterator cost
     # (~50 us) does not cap the rate.
@@ -94,7 +95,7 @@ def tfio_source(ctx: Context, count: int) -> Timeline:
 def our_pipeline(ctx: Context, count: int) -> Timeline:
     """Exactly what ``app.py`` builds: tfio per partition -> decoded_partitions -> train_batches."""
     w, t = ctx.workload, ctx.settings.trainer
-    read = source.partition_reader(ctx.settings.kafka, w.topic, t.source.poll_timeout_ms, _group("pipeline"),
+    read = source.partition_reader(ctx.settings.kafka, w.topic, t.source.poll_timeout_ms, group_id("pipeline"),
                                    stop_offsets=w.stops(count))
     decoded = pipeline.decoded_partitions(read, w.starts(), t.pipeline.image_size)
     return _time_batches(pipeline.train_batches(decoded, t.pipeline), "image", "nbytes")
@@ -140,7 +141,7 @@ def naive_loop(ctx: Context, count: int) -> Timeline:
 
     def examples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         consumer = Consumer(client_config(ctx.settings.kafka, **{
-            "group.id": _group("naive"), "auto.offset.reset": "earliest", "enable.auto.commit": False}))
+            "group.id": group_id("naive"), "auto.offset.reset": "earliest", "enable.auto.commit": False}))
         consumer.subscribe([w.topic])
         seen, last = 0, time.monotonic()
         try:
@@ -178,7 +179,7 @@ def tfio_tutorial(ctx: Context, count: int) -> Timeline:
 
     w, p = ctx.workload, ctx.settings.trainer.pipeline
     raw = tfio.experimental.streaming.KafkaGroupIODataset(
-        topics=[w.topic], group_id=_group("tutorial"), servers=ctx.settings.kafka.bootstrap_servers,
+        topics=[w.topic], group_id=group_id("tutorial"), servers=ctx.settings.kafka.bootstrap_servers,
         # The tutorial's settings, except a 1 s poll timeout instead of 10 s: a poll that finds the
         # topic drained then ends the run 9 s sooner; it changes nothing while messages flow.
         stream_timeout=10000, message_poll_timeout=1000, configuration=[
@@ -186,7 +187,13 @@ def tfio_tutorial(ctx: Context, count: int) -> Timeline:
     # take() right at the source: the group reader is synchronous, so stopping it cannot hang.
     decoded = raw.take(count).map(lambda message, _key: pipeline.decode_example(message, p.image_size),
                                   num_parallel_calls=tf.data.AUTOTUNE)
-    return _time_batches(pipeline.train_batches(decoded, p), "image", None)
+    try:
+        return _time_batches(pipeline.train_batches(decoded, p), "image", None)
+    finally:
+        # The group consumer lives in a TF resource that nothing else ever frees: it would stay in
+        # the group, heartbeating, until the process exits. Left alive, deleting the topic or
+        # stopping the broker later crashed this process (SIGSEGV inside tfio's librdkafka 1.5).
+        tf.raw_ops.DestroyResourceOp(resource=raw._resource, ignore_lookup_error=True)  # noqa: SLF001
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from stream_trainer import pipeline, source
-from stream_trainer.bench.contenders import Context, _group
+from stream_trainer.bench.contenders import Context, group_id
 from stream_trainer.bench.timing import BenchError
 from stream_trainer.bench.training import Trainer
 from stream_trainer.bench.workload import PacedProducer, new_topic, stops_for
@@ -47,7 +47,7 @@ def measure(ctx: Context, trainer: Trainer, cluster: Cluster, records: list[PetR
     stops = stops_for(total, partitions)
 
     def make_dataset():  # noqa: ANN202
-        read = source.partition_reader(ctx.settings.kafka, topic, t.source.poll_timeout_ms, _group("fresh"),
+        read = source.partition_reader(ctx.settings.kafka, topic, t.source.poll_timeout_ms, group_id("fresh"),
                                        stop_offsets=stops)
         decoded = pipeline.decoded_partitions(read, dict.fromkeys(range(partitions), 0), t.pipeline.image_size)
         return pipeline.train_batches(decoded, cfg)

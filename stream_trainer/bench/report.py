@@ -41,7 +41,7 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 def markdown(results: dict[str, Any]) -> str:
     """The results table, targets and context, as kept in docs/benchmarks.md."""
     c = results["contenders"]
-    m, w = results["machine"], results["workload"]
+    m, w, mem = results["machine"], results["workload"], results["memory"]
     lines = [
         f"Command: `{results['command']}`  ",
         f"Machine: {m['nproc']} cores usable ({m['cpu_model'] or 'unknown CPU'}), {m['memory_gib']} GiB memory; "
@@ -62,22 +62,24 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_fmt(r['min'])} - {_fmt(r['max'])} | {mb} |")
     for key in ("training_live", "training_memory"):
         r = c[key]
-        lines.append(f"| 7 | {r['title']} | {_down(r['median'], 3)} | steps/s | {_down(r['min'], 3)} - {_down(r['max'], 3)} | |")
-        lines.append(f"|   | ... same, images/s (mean input wait {_down(r['mean_input_wait_ms']['median'], 1)} ms/step) | "
-                     f"{_fmt(r['images_per_s']['median'])} | images/s | "
-                     f"{_fmt(r['images_per_s']['min'])} - {_fmt(r['images_per_s']['max'])} | |")
+        ips, wait = r["images_per_s"], _down(r["mean_input_wait_ms"]["median"], 1)
+        lines.append(f"| 7 | {r['title']} | {_down(r['median'], 3)} | steps/s | "
+                     f"{_down(r['min'], 3)} - {_down(r['max'], 3)} | |")
+        lines.append(f"|   | ... same, images/s (mean input wait {wait} ms/step) | {_fmt(ips['median'])} | images/s | "
+                     f"{_fmt(ips['min'])} - {_fmt(ips['max'])} | |")
     f = c["freshness"]
-    lines.append(f"| 8 | {f['title']} | p50 {_down(f['p50_s'], 3)} / p95 {_down(f['p95_s'], 3)} / p99 {_down(f['p99_s'], 3)} | s | "
-                 f"max {_down(f['max_s'], 3)} ({f['counted']} messages) | |")
+    pct = " / ".join(f"{q} {_down(f[q + '_s'], 3)}" for q in ("p50", "p95", "p99"))
+    lines.append(f"| 8 | {f['title']} | {pct} | s | max {_down(f['max_s'], 3)} ({f['counted']} messages) | |")
     lines += [
         "",
-        f"Freshness: producer at {_down(f['rate_messages_per_s'], 1)} msg/s = {f['load']:.0%} of the in-memory training "
-        f"rate ({_down(f['capacity_images_per_s'], 1)} images/s), shuffle buffer {f['shuffle_buffer']} "
-        f"(the trainer's {f['trainer_shuffle_buffer']} would add ~{_down(f['trainer_shuffle_wait_estimate_s'], 1)} s "
-        f"at this rate), batch {f['batch_size']}.  ",
-        f"Peak RSS: {results['memory']['trainer_peak_rss_mib']} MiB during training and freshness "
-        f"(whole benchmark process, {results['memory']['rss_before_training_mib']} MiB before them); "
-        f"process peak {results['memory']['process_peak_rss_mib']} MiB.",
+        f"Freshness: producer at {_down(f['rate_messages_per_s'], 1)} msg/s = {f['load']:.0%} of the in-memory "
+        f"training rate ({_down(f['capacity_images_per_s'], 1)} images/s), shuffle buffer {f['shuffle_buffer']} "
+        f"(the trainer's {f['trainer_shuffle_buffer']} would add ~{_down(f['trainer_shuffle_wait_estimate_s'], 1)} "
+        f"s at this rate), batch {f['batch_size']}.  ",
+        f"Peak RSS of `stream-trainer run` (child process, {mem['daemon']['steps']} steps on the benchmark "
+        f"topic): {mem['daemon']['peak_rss_mib']} MiB. This benchmark process, which also holds the messages "
+        f"and cached batches: {mem['trainer_peak_rss_mib']} MiB during training and freshness "
+        f"({mem['rss_before_training_mib']} MiB before them), {mem['process_peak_rss_mib']} MiB overall.",
         "",
         "| target | measured | required | met |",
         "|---|---:|---:|---|",
@@ -102,8 +104,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     colors = ["#8c8c8c", "#8c8c8c", "#1f77b4", "#8c8c8c", "#d62728", "#ff7f0e", "#2ca02c", "#98df8a"]
     y = range(len(rows))
     bars.barh(list(y), medians, xerr=err, color=colors, capsize=3)
-    for yi, v in zip(y, medians, strict=True):
-        bars.text(v * 1.05, yi, _fmt(v), va="center", fontsize=8)
+    for yi, row in zip(y, rows, strict=True):
+        bars.text(row[3] * 1.1, yi, _fmt(row[1]), va="center", fontsize=8)  # right of the max whisker
     bars.axvline(c["raw_consume"]["median"], ls="--", color="black", lw=1, label="raw consume limit")
     bars.axvline(c["in_memory"]["median"], ls=":", color="purple", lw=1.5, label="in-memory decode limit")
     bars.set_xscale("log")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from stream_trainer import pipeline, source
-from stream_trainer.bench.contenders import Context, _group, memory_reader
+from stream_trainer.bench.contenders import Context, group_id, memory_reader
 from stream_trainer.bench.timing import BenchError
 from stream_trainer.feeder import Feeder
 from stream_trainer.loop import make_train_step
@@ -40,12 +40,10 @@ class Trainer:
 
     def __init__(self, ctx: Context) -> None:
         t = ctx.settings.trainer
-        self.ctx = ctx
         self.model = build_unet(t.pipeline.image_size, t.model)
         self.step = make_train_step(self.model, build_optimizer(t.model))
 
-    def run(self, make_dataset: Callable[[], tf.data.Dataset], warmup: int, steps: int,
-            on_batch: Callable[[dict[str, tf.Tensor]], None] | None = None) -> TrainRun:
+    def run(self, make_dataset: Callable[[], tf.data.Dataset], warmup: int, steps: int) -> TrainRun:
         """Train on ``warmup + steps`` batches from a Feeder; time the last ``steps``; drain the rest."""
         stop = threading.Event()
         feeder = Feeder(make_dataset, stop).start()
@@ -58,8 +56,6 @@ class Trainer:
                 batch = _get(feeder, BATCH_TIMEOUT_S)
                 waited = time.perf_counter() - t0
                 float(self.step(batch["image"], batch["mask"]))  # fetching the loss waits for the step
-                if on_batch is not None:
-                    on_batch(batch)
                 if n == warmup - 1:
                     started = time.perf_counter()
                 elif n >= warmup:
@@ -104,7 +100,7 @@ def live_and_memory(ctx: Context, trainer: Trainer, memory_batches: tf.data.Data
                 * batch)
 
     def live() -> tf.data.Dataset:
-        read = source.partition_reader(ctx.settings.kafka, w.topic, t.source.poll_timeout_ms, _group("train"),
+        read = source.partition_reader(ctx.settings.kafka, w.topic, t.source.poll_timeout_ms, group_id("train"),
                                        stop_offsets=w.stops(count))
         return pipeline.train_batches(pipeline.decoded_partitions(read, w.starts(), t.pipeline.image_size),
                                       t.pipeline)
