@@ -160,7 +160,8 @@ def test_hard_kill_resumes_from_the_checkpoint_without_skipping_offsets(
     proc.wait()
     first_run = trained_lines(log)
     checkpoint_step, _, resume_from = read_positions(settings.trainer.checkpoint.dir)
-    assert first_run[-1][2] > checkpoint_step  # killed between checkpoints: some work is lost
+    # The kill lands at a random moment: usually past the newest checkpoint (that work is redone).
+    assert first_run[-1][2] >= checkpoint_step
 
     proc = start_trainer(config)
     # The last shuffle-window's worth of messages only trains once newer ones arrive.
