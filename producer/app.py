@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import signal
@@ -94,10 +93,9 @@ def run(settings: Settings, *, stop: threading.Event | None = None, handle_signa
     stop = stop or threading.Event()
     p = settings.producer
     source = open_source(p.source)  # a bad path or missing tfds fails before touching the broker
-    # Quiet the metadata client: librdkafka logs every failed connect attempt at level 3, while
+    # Cluster routes librdkafka's per-attempt connect errors to a quiet logger, and
     # wait_until_reachable turns a broker that never answers into one clear error.
-    quiet = dataclasses.replace(settings.kafka, client={"log_level": "2", **settings.kafka.client})
-    cluster = Cluster(quiet, group_id="pet-producer")
+    cluster = Cluster(settings.kafka, group_id="pet-producer")
     try:
         cluster.wait_until_reachable()
         partitions = _prepare_topics(cluster, settings)

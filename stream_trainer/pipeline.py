@@ -19,7 +19,6 @@ dead-letters (``deadletter.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import tensorflow as tf
@@ -147,13 +146,6 @@ def _random_flip(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 def _normalise(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {**batch, "image": tf.cast(batch["image"], tf.float32) / 255.0}
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """Which partitions to read and from where: ``starts`` maps partition -> first offset."""
-
-    starts: dict[int, int]
 
 
 RawReader = Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset]
