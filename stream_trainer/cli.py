@@ -50,7 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from stream_trainer.broker import LocalBroker, resolve_jars
+    from stream_trainer.workbench.broker import LocalBroker, resolve_jars
 
     libs = resolve_jars()
     if args.resolve_only:
@@ -75,19 +75,19 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from stream_trainer import demo
+    from stream_trainer.workbench import demo
 
     return demo.main(seconds=args.seconds, workdir=Path(args.workdir))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from stream_trainer.bench import main as bench_main
+    from stream_trainer.workbench.bench import main as bench_main
 
     return bench_main(args)
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
-    from stream_trainer import soak
+    from stream_trainer.workbench import soak
 
     return soak.main(minutes=args.minutes, workdir=Path(args.workdir))
 

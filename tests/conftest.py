@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_trainer.broker import LocalBroker
+from stream_trainer.workbench.broker import LocalBroker
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_trainer.bench import config as bench_config
-from stream_trainer.bench.timing import BenchError, Timeline
-from stream_trainer.bench.workload import stops_for
+from stream_trainer.workbench.bench import config as bench_config
+from stream_trainer.workbench.bench.timing import BenchError, Timeline
+from stream_trainer.workbench.bench.workload import stops_for
 from stream_trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

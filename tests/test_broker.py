@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_trainer import broker as broker_mod
-from stream_trainer.broker import LocalBroker, free_port, resolve_jars
+from stream_trainer.workbench import broker as broker_mod
+from stream_trainer.workbench.broker import LocalBroker, free_port, resolve_jars
 from stream_trainer.errors import BrokerStartError, BrokerUnavailableError, MissingToolError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from stream_trainer.broker import free_port
+from stream_trainer.workbench.broker import free_port
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 

@@ -191,7 +191,7 @@ def test_config_error_names_the_key_and_exits_2(tmp_path: Path) -> None:
 
 
 def test_unreachable_broker_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
-    from stream_trainer.broker import free_port
+    from stream_trainer.workbench.broker import free_port
 
     port = free_port()
     cfg = tmp_path / "c.yaml"

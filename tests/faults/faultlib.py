@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_trainer.broker import free_port
+from stream_trainer.workbench.broker import free_port
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 

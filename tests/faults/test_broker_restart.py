@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from faultlib import Rig, free_port, log_ends, make_rig, metric, missing_offsets, read_trained, scrape
 
-from stream_trainer.broker import LocalBroker
+from stream_trainer.workbench.broker import LocalBroker
 
 # The 5.0 s bucket of stream_trainer_input_wait_seconds: waits longer than it are outages, not jitter.
 LONG_WAIT_BUCKET = "5.0"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from faultlib import ROOT, child_env
 
-from stream_trainer.soak import Sample, slope_mib_per_hour, verdict
+from stream_trainer.workbench.soak import Sample, slope_mib_per_hour, verdict
 
 
 def _series(minutes: float, rss: Callable[[float], float]) -> list[Sample]:

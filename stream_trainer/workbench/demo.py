@@ -16,11 +16,11 @@ from pathlib import Path
 
 from stream_trainer import config
 from stream_trainer.app import run_trainer
-from stream_trainer.broker import LocalBroker
+from stream_trainer.workbench.broker import LocalBroker
 from stream_trainer.kafka import Cluster
 
 log = logging.getLogger(__name__)
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def _wait_for_eval_set(cluster: Cluster, topic: str, expected: int, timeout_s: float) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from stream_trainer.bench.timing import BenchError
+from stream_trainer.workbench.bench.timing import BenchError
 from stream_trainer.config import Settings
 
 _MARK = "BENCH_VMHWM_KB"

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import yaml
 
-from stream_trainer.broker import LocalBroker, free_port
+from stream_trainer.workbench.broker import LocalBroker, free_port
 from stream_trainer.config import load as load_config
 from stream_trainer.kafka import Cluster
 

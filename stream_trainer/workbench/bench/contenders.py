@@ -20,9 +20,9 @@ from confluent_kafka import Consumer, TopicPartition
 from PIL import Image
 
 from stream_trainer import pipeline, source, wire
-from stream_trainer.bench.config import BenchConfig
-from stream_trainer.bench.timing import BenchError, Timeline
-from stream_trainer.bench.workload import Workload
+from stream_trainer.workbench.bench.config import BenchConfig
+from stream_trainer.workbench.bench.timing import BenchError, Timeline
+from stream_trainer.workbench.bench.workload import Workload
 from stream_trainer.config import Settings
 from stream_trainer.kafka import client_config
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from stream_trainer import pipeline, source
-from stream_trainer.bench.contenders import Context, group_id, memory_reader
-from stream_trainer.bench.timing import BenchError
+from stream_trainer.workbench.bench.contenders import Context, group_id, memory_reader
+from stream_trainer.workbench.bench.timing import BenchError
 from stream_trainer.feeder import Feeder
 from stream_trainer.loop import make_train_step
 from stream_trainer.model import build_optimizer, build_unet

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from stream_trainer import pipeline, source
-from stream_trainer.bench.contenders import Context, group_id
-from stream_trainer.bench.timing import BenchError
-from stream_trainer.bench.training import Trainer
-from stream_trainer.bench.workload import PacedProducer, new_topic, stops_for
+from stream_trainer.workbench.bench.contenders import Context, group_id
+from stream_trainer.workbench.bench.timing import BenchError
+from stream_trainer.workbench.bench.training import Trainer
+from stream_trainer.workbench.bench.workload import PacedProducer, new_topic, stops_for
 from stream_trainer.feeder import Feeder
 from stream_trainer.kafka import Cluster
 from stream_trainer.wire import PetRecord

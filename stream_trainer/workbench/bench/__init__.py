@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from stream_trainer import config as settings_config
-from stream_trainer.bench import config as bench_config
-from stream_trainer.bench import machine, report
-from stream_trainer.bench.config import BenchConfig
-from stream_trainer.broker import KAFKA_VERSION, LocalBroker
+from stream_trainer.workbench.bench import config as bench_config
+from stream_trainer.workbench.bench import machine, report
+from stream_trainer.workbench.bench.config import BenchConfig
+from stream_trainer.workbench.broker import KAFKA_VERSION, LocalBroker
 from stream_trainer.config import Settings
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,10 @@ def _command(args: argparse.Namespace) -> str:
 def run(settings: Settings, bench: BenchConfig, command: str = "stream-trainer bench") -> dict[str, Any]:
     """Every contender against the broker in ``settings``; the results as plain data."""
     # Imported here: TensorFlow takes seconds to load, and config errors should not wait for it.
-    from stream_trainer.bench import freshness, rss, training
-    from stream_trainer.bench.contenders import CONTENDERS, Context
-    from stream_trainer.bench.timing import summary
-    from stream_trainer.bench.workload import make_records, produce_all
+    from stream_trainer.workbench.bench import freshness, rss, training
+    from stream_trainer.workbench.bench.contenders import CONTENDERS, Context
+    from stream_trainer.workbench.bench.timing import summary
+    from stream_trainer.workbench.bench.workload import make_records, produce_all
     from stream_trainer.kafka import Cluster
 
     began, load_before = time.monotonic(), machine.load_average()
