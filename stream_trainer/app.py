@@ -12,18 +12,23 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from stream_trainer import metrics, pipeline, source
-from stream_trainer.checkpoint import CheckpointStore, Restored
+from stream_trainer import metrics
+from stream_trainer.batcher import Batcher
+from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.committer import Committer
 from stream_trainer.config import Settings
 from stream_trainer.deadletter import DeadLetterWorker
-from stream_trainer.errors import ConfigError
-from stream_trainer.evaluate import Evaluator, read_eval_values
-from stream_trainer.feeder import Feeder
+from stream_trainer.errors import CheckpointError, ConfigError
+from stream_trainer.evaluate import Evaluator, read_eval_messages
+from stream_trainer.fresh import FreshRows
+from stream_trainer.inputs import Inputs, start_offsets
 from stream_trainer.kafka import Cluster
-from stream_trainer.loop import RunSummary, TrainLoop
+from stream_trainer.loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.model import build_optimizer, build_unet
 from stream_trainer.progress import OffsetTracker
+from stream_trainer.source import assigned_partitions
+from stream_trainer.step import make_replica_step
+from stream_trainer.workers import Workers, make_workers
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +54,19 @@ def _signals_set(stop: threading.Event, enabled: bool) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def start_offsets(cluster: Cluster, topic: str, partitions: list[int], restored: Restored | None,
-                  auto_offset_reset: str) -> dict[int, int]:
-    """Per partition: the checkpoint's offset, else the group's committed one, else the reset policy."""
-    saved = restored.offsets if restored else {}
-    committed = cluster.committed(topic, [p for p in partitions if p not in saved])
-    marks = cluster.watermarks(topic, partitions)
-    starts: dict[int, int] = {}
-    for p in partitions:
-        if p in saved:
-            starts[p], origin = saved[p], "checkpoint"
-        elif p in committed:
-            starts[p], origin = committed[p], "group"
-        else:
-            starts[p] = marks[p].low if auto_offset_reset == "earliest" else marks[p].high
-            origin = auto_offset_reset
-        if starts[p] < marks[p].low:
-            log.warning("partition %d: offset %d was deleted by retention; starting at %d", p, starts[p], marks[p].low)
-            starts[p] = marks[p].low
-        log.info("partition %d starts at offset %d (from %s; log end %d)", p, starts[p], origin, marks[p].high)
-    return starts
+def _my_partitions(cluster: Cluster, settings: Settings, workers: Workers) -> tuple[list[int], int]:
+    topic, source = settings.topics.train, settings.trainer.source
+    every = cluster.partitions(topic)
+    if workers.count > len(every) and not source.partitions:
+        msg = (f"config key 'trainer.cluster.workers': {workers.count} workers but topic '{topic}' has only "
+               f"{len(every)} partitions; every worker needs at least one (add partitions or remove workers)")
+        raise ConfigError(msg)
+    mine = assigned_partitions(every, source, workers.index, workers.count)
+    if not mine:
+        msg = (f"config key 'trainer.source.partitions' assigns no partition of topic '{topic}' to this worker "
+               f"(partitions={source.partitions}, worker {workers.index} of {workers.count})")
+        raise ConfigError(msg)
+    return mine, len(every)
 
 
 def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
@@ -76,54 +74,61 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     """Train until ``stop`` is set, a signal arrives, or a configured limit is reached."""
     stop = stop or threading.Event()
     tcfg, topics = settings.trainer, settings.topics
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs.
+    workers = make_workers(tcfg.cluster)
     try:
-        metrics.serve(tcfg.metrics.host, tcfg.metrics.port)
+        metrics.serve(tcfg.metrics.host, tcfg.metrics.port, workers.index)
     except OSError as exc:
         msg = f"config key 'trainer.metrics.port': cannot listen on {tcfg.metrics.host}:{tcfg.metrics.port} ({exc.strerror})"
         raise ConfigError(msg) from exc
 
     cluster = Cluster(settings.kafka, group_id=tcfg.source.group_id)
     cluster.wait_until_reachable()
-    partitions = source.assigned_partitions(cluster.partitions(topics.train), tcfg.source)
-    if not partitions:
-        msg = (f"config keys 'trainer.source.*' assign no partition of topic '{topics.train}' to this worker "
-               f"(partitions={tcfg.source.partitions}, worker {tcfg.source.worker_index}/{tcfg.source.worker_count})")
-        raise ConfigError(msg)
+    partitions, partition_count = _my_partitions(cluster, settings, workers)
     cluster.ensure_topics({topics.dead_letter: 1}, topics.replication_factor)
 
-    model = build_unet(tcfg.pipeline.image_size, tcfg.model)
-    optimizer = build_optimizer(tcfg.model)
-    store = CheckpointStore(tcfg.checkpoint, model, optimizer, topics.train)
+    with workers.scope():
+        model = build_unet(tcfg.pipeline.image_size, tcfg.model)
+        optimizer = build_optimizer(tcfg.model)
+    store = CheckpointStore(tcfg.checkpoint, model, optimizer, topics.train, workers, tcfg.cluster.scratch_dir)
     restored = store.restore()
     if restored:
         log.info("restored %s at step %d", restored.path, restored.step)
-    tracker = OffsetTracker(start_offsets(cluster, topics.train, partitions, restored,
-                                          tcfg.source.auto_offset_reset))
+    replay = None  # the replay store joins in a later commit
+    starts = start_offsets(cluster, settings, partitions, restored)
+    tracker = OffsetTracker(starts)
+    batch = tcfg.pipeline.batch_size
+    fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
+    inputs = Inputs(settings, cluster, tracker, starts, fresh, workers.index, workers.count, stop, partition_count)
+    workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
+                         tcfg.pipeline.image_size)
 
-    def make_dataset():  # noqa: ANN202 - rebuilt by the feeder after a source failure
-        read = source.partition_reader(settings.kafka, topics.train, tcfg.source.poll_timeout_ms,
-                                       f"{tcfg.source.group_id}-tfio")
-        decoded = pipeline.decoded_partitions(read, tracker.positions(), tcfg.pipeline.image_size)
-        return pipeline.train_batches(decoded, tcfg.pipeline)
+    halt = threading.Event()  # background workers outlive the loop's stop: final dead letters, commit
 
     def make_evaluator() -> Evaluator | None:
         try:
-            values = read_eval_values(cluster, topics.eval, tcfg.loop.eval_max_images, tcfg.loop.eval_wait_s)
+            messages = read_eval_messages(cluster, topics.eval, tcfg.loop.eval_max_images, tcfg.loop.eval_wait_s)
         except ConfigError as exc:
             log.warning("evaluation disabled: %s", exc)
             return None
-        if not values:
+        if not messages:
             log.warning("eval topic '%s' is empty; evaluation disabled for this run", topics.eval)
             return None
-        return Evaluator(model, values, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir, tcfg.pipeline.batch_size)
+        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir, batch)
+        for m in evaluator.malformed:
+            dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
+        return evaluator
 
-    # Background workers outlive the loop's stop: they drain dead letters and the final commit.
-    halt = threading.Event()
-    feeder = Feeder(make_dataset, stop).start()
-    dead_letters = DeadLetterWorker(cluster, topics.train, topics.dead_letter, halt).start()
+    dead_letters = DeadLetterWorker(cluster, topics.dead_letter, halt).start()
     committer = Committer(cluster, topics.train, tracker.positions, halt).start()
-    loop = TrainLoop(tcfg.loop, topics.train, model, optimizer, feeder, tracker, store, committer, dead_letters,
-                     make_evaluator, stop, start_step=restored.step if restored else 0)
+    inputs.start()
+    parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
+                                                       tcfg.pipeline.image_size),
+                      replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
+                      evaluator=make_evaluator, export=_exporter(store) if workers.is_chief else None,
+                      inputs=inputs, stop=stop)
+    loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
+                     start_step=restored.step if restored else 0)
     try:
         with _signals_set(stop, handle_signals):
             summary = loop.run()
@@ -132,8 +137,23 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         halt.set()
         committer.join(5.0)
         dead_letters.join(5.0)
-    if not committer.flush():
+        store.close()
+    if workers.is_chief and not committer.flush():
         log.error("final offset commit failed; the group lags the checkpoint until the next run commits")
     cluster.close()
     log.info("trainer stopped: %s", summary)
+    if not summary.final_checkpoint_ok:
+        msg = (f"the final checkpoint at step {summary.step} could not be written (see the error above); the last "
+               f"good checkpoint is at step {store.last_saved_step} and a restart resumes there")
+        raise CheckpointError(msg)
     return summary
+
+
+def _exporter(store: CheckpointStore):  # noqa: ANN202 - replaced by the versioned exporter
+    def export(step: int, positions: dict[int, int], _evaluation: object) -> None:
+        try:
+            store.export(step, positions)
+        except CheckpointError as exc:
+            log.error("%s", exc)
+
+    return export

@@ -1,9 +1,18 @@
-"""Weights, optimizer state, step and Kafka positions saved as one unit; exports for serving.
+"""Weights, optimizer state, step, Kafka positions and replay membership saved as one unit.
 
-The positions ride inside the TensorFlow checkpoint (a string variable holding JSON) rather
-than in a side file: a checkpoint and the offsets it reflects can then never disagree, whatever
-moment the process dies at. Offsets are committed to the consumer group only after a save
-succeeds (``committer.py``), so the group never claims more than a checkpoint holds.
+The positions ride inside the TensorFlow checkpoint (a ``PythonState`` holding JSON) rather than
+in a side file: a checkpoint and the offsets it reflects can then never disagree, whatever moment
+the process dies at. Offsets are committed to the consumer group only after a save succeeds
+(``committer.py``), so the group never claims more than a checkpoint holds.
+
+The replay store is saved as its members' ``(partition, offset)``, never as image bytes: a
+restart re-reads them from Kafka (``replay_restore.py``), so a checkpoint stays the size of the
+model whatever the store's size.
+
+Multi-worker jobs: every worker joins every save (MultiWorkerMirroredStrategy requires it), the
+chief into ``checkpoint.dir``, the others into scratch directories they delete again. At start only
+the chief reads the checkpoint; it then broadcasts the weights, optimizer state and training state
+to every worker, so workers on other machines need no shared storage.
 """
 
 from __future__ import annotations
@@ -11,51 +20,100 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError
+from stream_trainer.workers import Workers
 
 log = logging.getLogger(__name__)
+
+STATE_FORMAT = 2
+_STATE_KEY = "state/.ATTRIBUTES/py_state"
+_STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+class TrainState(tf.train.experimental.PythonState):  # type: ignore[misc]
+    """The JSON part of a checkpoint: topic, next offsets, replay membership."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def serialize(self) -> str:
+        return json.dumps(self.data)
+
+    def deserialize(self, string_value: bytes | str) -> None:
+        self.data = json.loads(string_value or "{}")
 
 
 @dataclass(frozen=True)
 class Restored:
     step: int
+    topic: str
     offsets: dict[int, int]  # empty when the checkpoint was for another topic
     path: str
+    replay: dict[str, Any] = field(default_factory=dict)
+
+
+def _offsets(data: Mapping[str, Any]) -> dict[int, int]:
+    return {int(p): int(o) for p, o in data.get("next_offsets", {}).items()}
 
 
 class CheckpointStore:
-    """Owns the checkpoint directory: restore at start, save on schedule, export after saving."""
+    """Owns the checkpoint directory: restore at start, save on schedule."""
 
     def __init__(self, cfg: CheckpointConfig, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 topic: str) -> None:
+                 topic: str, workers: Workers, scratch_dir: str = "") -> None:
         self.cfg = cfg
         self.model = model
+        self.optimizer = optimizer
         self.topic = topic
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self._positions = tf.Variable("", dtype=tf.string, trainable=False, name="kafka_positions")
-        # The optimizer's slots must exist before a restore can fill them.
-        optimizer.build(model.trainable_variables)
-        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
-                                         kafka_positions=self._positions)
-        self._manager = tf.train.CheckpointManager(self._ckpt, cfg.dir, max_to_keep=cfg.keep)
+        self.workers = workers
+        with workers.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # The optimizer's slots must exist before a restore (or a broadcast) can fill them.
+            optimizer.build(model.trainable_variables)
+        self.state = TrainState()
+        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step, state=self.state)
+        self.directory = cfg.dir if workers.is_chief else self._scratch(scratch_dir)
+        self._manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=cfg.keep)
         self._last_step = 0
         self._last_time = time.monotonic()
+
+    def _scratch(self, base: str) -> str:
+        root = Path(base or tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"stream-trainer-worker{self.workers.index}-", dir=root)
 
     @property
     def last_saved_step(self) -> int:
         return self._last_step
 
     def restore(self) -> Restored | None:
-        """Restore the newest readable checkpoint; a corrupt newest one falls back to older ones."""
+        """The chief restores the newest readable checkpoint and every worker receives it."""
+        found = self._restore_local() if self.workers.is_chief else None
+        if self.workers.count > 1:
+            self.workers.broadcast_variables([*self.model.variables, *self.optimizer.variables, self.step])
+            shared = self.workers.broadcast_json(
+                None if found is None else {"path": found.path, "data": self.state.data})
+            if shared is None:
+                return None
+            self.state.data = shared["data"]
+            found = self._restored(shared["path"])
+        if found is not None:
+            self._last_step = found.step
+        return found
+
+    def _restore_local(self) -> Restored | None:
         for path in reversed(self._manager.checkpoints):
             # A truncated data file surfaces from TensorFlow's reader as IndexError ("Read less
             # bytes than requested"), not as an OpError.
@@ -64,18 +122,21 @@ class CheckpointStore:
             except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:
                 log.error("checkpoint %s is unreadable (%s); trying an older one", path, str(exc).splitlines()[0])
                 continue
-            saved = json.loads(self._positions.numpy().decode() or "{}")
-            offsets = {int(p): int(o) for p, o in saved.get("next_offsets", {}).items()}
-            if offsets and saved.get("topic") != self.topic:
-                log.warning("checkpoint %s holds offsets for topic %r, not %r: offsets ignored",
-                            path, saved.get("topic"), self.topic)
-                offsets = {}
-            self._last_step = int(self.step.numpy())
-            return Restored(step=self._last_step, offsets=offsets, path=path)
+            return self._restored(path)
         if self._manager.checkpoints:
             msg = f"no readable checkpoint in {self.cfg.dir} (tried {len(self._manager.checkpoints)})"
             raise CheckpointError(msg)
         return None
+
+    def _restored(self, path: str) -> Restored:
+        data = self.state.data
+        offsets = _offsets(data)
+        if offsets and data.get("topic") != self.topic:
+            log.warning("checkpoint %s holds offsets for topic %r, not %r: offsets ignored", path, data.get("topic"),
+                        self.topic)
+            offsets = {}
+        return Restored(step=int(self.step.numpy()), topic=str(data.get("topic", "")), offsets=offsets, path=path,
+                        replay=dict(data.get("replay") or {}))
 
     def expired(self, step: int) -> bool:
         """True when the step interval or the time interval since the last save has passed."""
@@ -83,22 +144,29 @@ class CheckpointStore:
         by_time = self.cfg.every_seconds > 0 and time.monotonic() - self._last_time >= self.cfg.every_seconds
         return step > self._last_step and (by_steps or by_time)
 
-    def save(self, step: int, offsets: Mapping[int, int]) -> str:
-        """Write weights + optimizer + step + next offsets atomically; raise CheckpointError on failure.
+    def save(self, step: int, offsets: Mapping[int, int], replay: Mapping[str, Any] | None = None) -> str:
+        """Write weights + optimizer + step + state atomically; raise CheckpointError on failure.
 
         TensorFlow writes the data files first and the ``checkpoint`` index last, so a save
-        that dies half-way leaves the previous checkpoint as the latest.
+        that dies half-way leaves the previous checkpoint as the latest. Every worker calls this.
         """
         self.step.assign(step)
-        self._positions.assign(json.dumps({"topic": self.topic, "next_offsets": {str(p): int(o) for p, o in offsets.items()}}))
+        self.state.data = {"format": STATE_FORMAT, "topic": self.topic, "workers": self.workers.count,
+                           "next_offsets": {str(p): int(o) for p, o in sorted(offsets.items())},
+                           "replay": dict(replay or {}), "saved_at": time.time()}
         try:
             path = self._manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as exc:
-            msg = f"saving checkpoint at step {step} into {self.cfg.dir} failed: {str(exc).splitlines()[0]}"
+            msg = f"saving checkpoint at step {step} into {self.directory} failed: {str(exc).splitlines()[0]}"
             raise CheckpointError(msg) from exc
         self._last_step = step
         self._last_time = time.monotonic()
         return str(path)
+
+    def close(self) -> None:
+        """Remove a non-chief worker's scratch copies."""
+        if not self.workers.is_chief:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def export(self, step: int, offsets: Mapping[int, int]) -> Path:
         """Write ``model.keras`` (+ ``model.json`` metadata) for serving via temp file + rename."""
@@ -120,16 +188,31 @@ class CheckpointStore:
         return final
 
 
-def read_positions(checkpoint_dir: str | Path) -> tuple[int, str, dict[int, int]] | None:
-    """(step, topic, next offsets) of the newest checkpoint in a directory, without a model.
+@dataclass(frozen=True)
+class SavedState:
+    """What a checkpoint directory's newest checkpoint holds, read without building a model."""
 
-    For operators and tests: what a restart would resume from.
-    """
+    path: str
+    step: int
+    topic: str
+    offsets: dict[int, int]
+    replay: dict[str, Any]
+    workers: int
+
+
+def read_state(checkpoint_dir: str | Path) -> SavedState | None:
+    """The newest checkpoint's state, for operators (``stream-trainer inspect``) and tests."""
     path = tf.train.latest_checkpoint(str(checkpoint_dir))
     if path is None:
         return None
     reader = tf.train.load_checkpoint(path)
-    step = int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
-    saved = json.loads(reader.get_tensor("kafka_positions/.ATTRIBUTES/VARIABLE_VALUE").decode() or "{}")
-    offsets = {int(p): int(o) for p, o in saved.get("next_offsets", {}).items()}
-    return step, str(saved.get("topic", "")), offsets
+    data = json.loads(reader.get_tensor(_STATE_KEY) or "{}")
+    return SavedState(path=path, step=int(reader.get_tensor(_STEP_KEY)), topic=str(data.get("topic", "")),
+                      offsets=_offsets(data), replay=dict(data.get("replay") or {}),
+                      workers=int(data.get("workers", 1)))
+
+
+def read_positions(checkpoint_dir: str | Path) -> tuple[int, str, dict[int, int]] | None:
+    """(step, topic, next offsets) of the newest checkpoint in a directory, without a model."""
+    state = read_state(checkpoint_dir)
+    return None if state is None else (state.step, state.topic, state.offsets)

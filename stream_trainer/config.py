@@ -81,22 +81,63 @@ class ProducerConfig:
 class SourceConfig:
     group_id: str = "stream-trainer"
     auto_offset_reset: str = "earliest"  # earliest | latest, when neither checkpoint nor group has an offset
-    # Explicit partitions to read; empty = every partition i with i % worker_count == worker_index.
+    # Explicit partitions to read; empty = this worker's share (trainer.cluster) of every partition.
     partitions: list[int] = field(default_factory=list)
-    worker_index: int = 0
-    worker_count: int = 1
     # librdkafka poll timeout inside tfio; bounds how stale a shutdown check can be.
     poll_timeout_ms: int = 1000
+    # How often the topic's partition count is re-read: added partitions are trained without a restart.
+    metadata_refresh_s: float = 60.0
+    # A saved position beyond a partition's log end (topic recreated, checkpoint from another
+    # cluster): fail (one clear error, exit 2) | earliest | latest.
+    on_offset_reset: str = "fail"
+    # A partition reader that fails is restarted where it stopped reading; more than
+    # max_restarts failures within restart_window_s end the daemon (exit 2) for a supervisor.
+    max_restarts: int = 5
+    restart_window_s: float = 300.0
+    # Raw messages read ahead of decoding (a bounded queue: back pressure on Kafka reads).
+    queue_capacity: int = 512
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     image_size: int = 128
     batch_size: int = 16
-    # Window for decorrelating consecutive messages (one producer pass is often sorted by class).
-    shuffle_buffer: int = 256
+    # A partial batch of fresh messages is trained once its oldest message has waited this long.
+    max_batch_wait_ms: int = 200
+    # 0 = fresh messages are trained oldest first. N > 0 = each batch draws its fresh messages at
+    # random from up to N waiting ones (never past max_batch_wait_ms); replay decorrelates anyway.
+    shuffle_buffer: int = 0
+    # Messages decoded together at most (one "what has arrived" group); decode threads: 0 = AUTOTUNE.
+    decode_group: int = 64
+    decode_threads: int = 0
     flip: bool = True
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay store: past fresh examples mixed into every batch (docs/learning.md)."""
+
+    size_mib: float = 64.0  # 0 disables replay
+    policy: str = "reservoir"  # reservoir (uniform over the whole stream) | fifo (most recent)
+    # Share of each batch reserved for replayed examples when fresh ones could fill it.
+    fraction: float = 0.25
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several trainer processes training one model (tf.distribute MultiWorkerMirroredStrategy)."""
+
+    # host:port of every worker, the same list in the same order on every worker; empty = alone.
+    workers: list[str] = field(default_factory=list)
+    index: int = 0  # this worker's place in ``workers``; worker 0 is the chief
+    # A worker with no fresh batch within this time joins the step with a zero-weight batch.
+    max_wait_ms: int = 100
+    # A peer that answers no collective for this long is declared lost: every worker exits non-zero.
+    peer_timeout_s: float = 60.0
+    # Where non-chief workers write the checkpoint copies MultiWorkerMirroredStrategy requires.
+    scratch_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +173,8 @@ class CheckpointConfig:
 class TrainerConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -164,14 +207,31 @@ class Settings:
              "must be >= 8 and <= producer.source.max_size"),
             (self.trainer.source.auto_offset_reset in {"earliest", "latest"},
              "trainer.source.auto_offset_reset", "must be earliest or latest"),
-            (self.trainer.source.worker_count >= 1, "trainer.source.worker_count", "must be >= 1"),
-            (0 <= self.trainer.source.worker_index < self.trainer.source.worker_count,
-             "trainer.source.worker_index", "must be in [0, worker_count)"),
+            (self.trainer.source.on_offset_reset in {"fail", "earliest", "latest"},
+             "trainer.source.on_offset_reset", "must be fail, earliest or latest"),
+            (self.trainer.source.metadata_refresh_s > 0, "trainer.source.metadata_refresh_s", "must be > 0"),
+            (self.trainer.source.max_restarts >= 0, "trainer.source.max_restarts", "must be >= 0"),
+            (self.trainer.source.queue_capacity >= 1, "trainer.source.queue_capacity", "must be >= 1"),
+            (self.trainer.source.poll_timeout_ms > 0, "trainer.source.poll_timeout_ms", "must be > 0"),
+            (self.trainer.pipeline.max_batch_wait_ms >= 0, "trainer.pipeline.max_batch_wait_ms", "must be >= 0"),
+            (self.trainer.pipeline.decode_group >= 1, "trainer.pipeline.decode_group", "must be >= 1"),
+            (self.trainer.pipeline.decode_threads >= 0, "trainer.pipeline.decode_threads", "must be >= 0 (0 = AUTOTUNE)"),
+            (self.trainer.replay.size_mib >= 0, "trainer.replay.size_mib", "must be >= 0 (0 = no replay)"),
+            (self.trainer.replay.policy in {"reservoir", "fifo"}, "trainer.replay.policy", "must be reservoir or fifo"),
+            (0 <= self.trainer.replay.fraction < 1, "trainer.replay.fraction", "must be in [0, 1)"),
+            (0 <= self.trainer.cluster.index < max(1, len(self.trainer.cluster.workers)), "trainer.cluster.index",
+             f"must be in [0, {max(1, len(self.trainer.cluster.workers))}) (the number of trainer.cluster.workers)"),
+            (all(_is_host_port(w) for w in self.trainer.cluster.workers), "trainer.cluster.workers",
+             "must be a list of host:port"),
+            (len(set(self.trainer.cluster.workers)) == len(self.trainer.cluster.workers), "trainer.cluster.workers",
+             "must not list a worker twice"),
+            (self.trainer.cluster.max_wait_ms >= 0, "trainer.cluster.max_wait_ms", "must be >= 0"),
+            (self.trainer.cluster.peer_timeout_s > 0, "trainer.cluster.peer_timeout_s", "must be > 0"),
             (self.trainer.pipeline.image_size >= 2 ** self.trainer.model.depth
              and self.trainer.pipeline.image_size % 2 ** self.trainer.model.depth == 0,
              "trainer.pipeline.image_size", "must be a multiple of 2**trainer.model.depth"),
             (self.trainer.pipeline.batch_size >= 1, "trainer.pipeline.batch_size", "must be >= 1"),
-            (self.trainer.pipeline.shuffle_buffer >= 1, "trainer.pipeline.shuffle_buffer", "must be >= 1"),
+            (self.trainer.pipeline.shuffle_buffer >= 0, "trainer.pipeline.shuffle_buffer", "must be >= 0"),
             (self.trainer.model.depth >= 1, "trainer.model.depth", "must be >= 1"),
             (self.trainer.model.base_filters >= 1, "trainer.model.base_filters", "must be >= 1"),
             (self.trainer.checkpoint.keep >= 1, "trainer.checkpoint.keep", "must be >= 1"),
@@ -185,6 +245,17 @@ class Settings:
                 raise ConfigError(msg)
         return self
 
+
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(host) and sep == ":" and port.isdigit() and 0 < int(port) < 65536
+
+
+# Keys that moved: the error says where to, instead of only "unknown key".
+_MOVED = {
+    "trainer.source.worker_index": "trainer.cluster.index",
+    "trainer.source.worker_count": "trainer.cluster.workers (one host:port per worker)",
+}
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -264,7 +335,9 @@ def build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in names:
-            msg = f"unknown config key '{full}' (known here: {', '.join(sorted(names))})"
+            moved = _MOVED.get(full)
+            msg = (f"config key '{full}' has moved to {moved}" if moved else
+                   f"unknown config key '{full}' (known here: {', '.join(sorted(names))})")
             raise ConfigError(msg)
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)

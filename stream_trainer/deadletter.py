@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Hole:
+    topic: str
     partition: int
     start: int  # first missing offset
     end: int  # the surviving message after the hole (exclusive bound)
@@ -32,10 +33,9 @@ class Hole:
 class DeadLetterWorker:
     """Background thread; ``submit`` never blocks the training loop."""
 
-    def __init__(self, cluster: Cluster, topic: str, dead_letter_topic: str, stop: threading.Event,
+    def __init__(self, cluster: Cluster, dead_letter_topic: str, stop: threading.Event,
                  retry_s: float = 2.0) -> None:
         self.cluster = cluster
-        self.topic = topic
         self.dead_letter_topic = dead_letter_topic
         self.stop = stop
         self.retry_s = retry_s
@@ -47,8 +47,10 @@ class DeadLetterWorker:
         self._thread.start()
         return self
 
-    def submit(self, partition: int, start: int, end: int, on_done: Callable[[], None]) -> None:
-        self._holes.put(Hole(partition, start, end, on_done))
+    def submit(self, topic: str, partition: int, start: int, end: int,
+               on_done: Callable[[], None] = lambda: None) -> None:
+        """Dead-letter the messages of ``topic[partition]`` in [start, end), then call ``on_done``."""
+        self._holes.put(Hole(topic, partition, start, end, on_done))
 
     def idle(self) -> bool:
         return self._holes.unfinished_tasks == 0
@@ -66,14 +68,14 @@ class DeadLetterWorker:
                         hole.on_done()
                         break
                     except Exception:  # noqa: BLE001 - broker trouble: retry, never drop the hole
-                        log.warning("dead-lettering %s[%d] %d..%d failed; retrying", self.topic, hole.partition,
+                        log.warning("dead-lettering %s[%d] %d..%d failed; retrying", hole.topic, hole.partition,
                                     hole.start, hole.end - 1, exc_info=True)
                         self.stop.wait(self.retry_s)
             finally:
                 self._holes.task_done()
 
     def _handle(self, hole: Hole) -> None:
-        messages = self.cluster.read_range(self.topic, hole.partition, hole.start, hole.end)
+        messages = self.cluster.read_range(hole.topic, hole.partition, hole.start, hole.end)
         producer = self.cluster.producer
         failures: list[str] = []
         reasons: list[str] = []
@@ -85,7 +87,7 @@ class DeadLetterWorker:
         for msg in messages:
             verdict = poison.classify(msg.value())
             headers = [
-                ("dlq.topic", self.topic.encode()),
+                ("dlq.topic", hole.topic.encode()),
                 ("dlq.partition", str(msg.partition()).encode()),
                 ("dlq.offset", str(msg.offset()).encode()),
                 ("dlq.reason", verdict.reason.encode()),
@@ -93,7 +95,7 @@ class DeadLetterWorker:
             ]
             producer.produce(self.dead_letter_topic, key=msg.key(), value=msg.value(), headers=headers,
                              on_delivery=delivered)
-            log.warning("dead-lettered %s partition=%d offset=%d reason=%s: %s", self.topic, msg.partition(),
+            log.warning("dead-lettered %s partition=%d offset=%d reason=%s: %s", hole.topic, msg.partition(),
                         msg.offset(), verdict.reason, verdict.detail)
             reasons.append(verdict.reason)
         remaining = producer.flush(10)
@@ -102,8 +104,8 @@ class DeadLetterWorker:
             raise RuntimeError(msg_)
         # Counted only once delivered: a retried hole must not be counted twice.
         for reason in reasons:
-            metrics.DEAD_LETTERED.labels(reason).inc()
-            metrics.MESSAGES_CONSUMED.labels(self.topic).inc()
+            metrics.DEAD_LETTERED.labels(hole.topic, reason).inc()
+            metrics.MESSAGES_CONSUMED.labels(hole.topic).inc()
         self.sent += len(reasons)
 
     def join(self, timeout_s: float) -> None:

@@ -29,3 +29,11 @@ class CheckpointError(StreamTrainerError):
 
 class InputPipelineError(StreamTrainerError):
     """The tf.data input pipeline could not be built or run (not a passing broker outage)."""
+
+
+class PeerLostError(StreamTrainerError):
+    """A worker of a multi-worker job died or stopped answering; the whole job must restart."""
+
+
+class OffsetResetError(StreamTrainerError):
+    """A saved position lies beyond a partition's log end and trainer.source.on_offset_reset is fail."""

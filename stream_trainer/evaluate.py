@@ -1,7 +1,8 @@
 """Evaluation on the held-out eval topic: mean IoU, pixel accuracy and a snapshot picture.
 
 The eval topic is small and fixed, so it is read once, bounded (low to high watermark at the
-time of reading), decoded by the same pipeline code as training, and ``cache()``d in memory.
+time of reading), decoded by the same code as training, and kept in memory. Malformed eval
+messages are counted and dead-lettered like training ones, not skipped silently.
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ class EvalResult:
     snapshot: Path | None
 
 
-def read_eval_values(cluster: Cluster, topic: str, max_images: int, wait_s: float) -> list[bytes]:
-    """Up to ``max_images`` raw values from the eval topic, waiting up to ``wait_s`` for any."""
+@dataclass(frozen=True)
+class EvalMessage:
+    partition: int
+    offset: int
+    value: bytes
+
+
+def read_eval_messages(cluster: Cluster, topic: str, max_images: int, wait_s: float) -> list[EvalMessage]:
+    """Up to ``max_images`` raw messages from the eval topic, waiting up to ``wait_s`` for any."""
     deadline = time.monotonic() + wait_s
     while True:
         partitions = cluster.partitions(topic)
@@ -42,20 +50,20 @@ def read_eval_values(cluster: Cluster, topic: str, max_images: int, wait_s: floa
         if any(m.high > m.low for m in marks.values()) or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
-    values: list[bytes] = []
+    out: list[EvalMessage] = []
     for p, m in marks.items():
-        end = min(m.high, m.low + max_images - len(values))
-        values += [msg.value() or b"" for msg in cluster.read_range(topic, p, m.low, end)]
-        if len(values) >= max_images:
+        end = min(m.high, m.low + max_images - len(out))
+        out += [EvalMessage(p, msg.offset(), msg.value() or b"") for msg in cluster.read_range(topic, p, m.low, end)]
+        if len(out) >= max_images:
             break
-    return values
+    return out
 
 
-def confusion(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, int]:
+def confusion(model: keras.Model, batches: list[dict[str, tf.Tensor]]) -> tuple[np.ndarray, int]:
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     n = 0
     for batch in batches:
-        pred = tf.argmax(model(batch["image"], training=False), axis=-1)
+        pred = tf.argmax(model(tf.cast(batch["image"], tf.float32) / 255.0, training=False), axis=-1)
         cm += tf.math.confusion_matrix(tf.reshape(batch["mask"], [-1]), tf.reshape(pred, [-1]),
                                        num_classes=NUM_CLASSES, dtype=tf.int64).numpy()
         n += int(batch["image"].shape[0])
@@ -73,24 +81,31 @@ def scores(cm: np.ndarray) -> tuple[float, float]:
 
 
 class Evaluator:
-    """Evaluates a model on cached eval batches and writes a picture of a few predictions."""
+    """Evaluates a model on the decoded eval set and writes a picture of a few predictions."""
 
-    def __init__(self, model: keras.Model, values: list[bytes], image_size: int, snapshot_dir: str,
+    def __init__(self, model: keras.Model, messages: list[EvalMessage], image_size: int, snapshot_dir: str,
                  batch_size: int = 16, pictures: int = 4) -> None:
         self.model = model
-        self.snapshot_dir = Path(snapshot_dir)
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.pictures = pictures
-        raw = tf.data.Dataset.from_tensor_slices({
-            "key": tf.constant([b""] * len(values), tf.string), "value": tf.constant(values, tf.string),
-            "partition": tf.zeros([len(values)], tf.int32), "offset": tf.range(len(values), dtype=tf.int64)})
-        decoded = pipeline.decode_stream(raw, tf.constant(0, tf.int64), image_size)
-        self.batches = pipeline.eval_batches(decoded, batch_size).cache()
-        self.size = sum(int(b["image"].shape[0]) for b in self.batches)  # fills the cache once
+        self.batches: list[dict[str, tf.Tensor]] = []
+        kept: set[int] = set()
+        for batch in pipeline.decode_values([m.value for m in messages], image_size, batch_size):
+            self.batches.append({"image": batch["image"], "mask": batch["mask"]})  # uint8: a quarter of float32
+            kept.update(batch["offset"].numpy().tolist())
+        self.size = len(kept)
+        # The well-formed ones are kept; the others are for the dead-letter topic.
+        self.malformed = [m for i, m in enumerate(messages) if i not in kept]
 
     def evaluate(self, step: int) -> EvalResult:
         cm, n = confusion(self.model, self.batches)
         miou, acc = scores(cm)
-        snapshot = self._snapshot(step) if self.snapshot_dir and self.pictures else None
+        snapshot = None
+        if self.snapshot_dir is not None and self.pictures:
+            try:
+                snapshot = self._snapshot(step)
+            except OSError as exc:  # a picture is a convenience: never a reason to stop training
+                log.error("cannot write the eval snapshot into %s: %s", self.snapshot_dir, exc)
         return EvalResult(step, miou, acc, n, snapshot)
 
     def _snapshot(self, step: int) -> Path | None:
@@ -99,11 +114,11 @@ class Evaluator:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        batch = next(iter(self.batches), None)
-        if batch is None:
+        if not self.batches or self.snapshot_dir is None:
             return None
+        batch = self.batches[0]
         k = min(self.pictures, int(batch["image"].shape[0]))
-        pred = tf.argmax(self.model(batch["image"][:k], training=False), axis=-1).numpy()
+        pred = tf.argmax(self.model(tf.cast(batch["image"][:k], tf.float32) / 255.0, training=False), axis=-1).numpy()
         fig, axes = plt.subplots(k, 3, figsize=(6, 2 * k), squeeze=False)
         for i in range(k):
             panels = [(batch["image"][i].numpy(), "image"), (batch["mask"][i, ..., 0].numpy(), "true trimap"),

@@ -1,98 +1,73 @@
-"""A thread that pulls batches from the tf.data iterator into a small queue.
+"""The thread that moves decoded rows from the tf.data pipeline into the fresh-row buffer.
 
-Why a thread: with ``eof=False`` tfio's Kafka reader blocks inside C++ until a message
-arrives, and a Python signal handler cannot run while the main thread sits in that ``next()``.
-The loop instead reads this queue with a timeout, so SIGTERM is noticed within a fraction of
-a second even on an idle topic; the feeder is a daemon thread and never holds up exit.
+Why a thread: the pipeline blocks inside TensorFlow until messages arrive, and a Python signal
+handler cannot run while the main thread sits in that ``next()``. The loop instead works on the
+fresh-row buffer with timeouts, so SIGTERM is noticed within a fraction of a second even on an idle
+topic; the feeder is a daemon thread and never holds up exit.
 
-When the source itself fails (tfio 0.37.1 ends its iterator on a fatal librdkafka error or a
-consume error other than a transport failure; "all brokers down" alone it rides out, reconnecting
-by itself), the feeder rebuilds the dataset from the positions the loop has trained up to and
-carries on: an outage shows up as input wait, not as a dead process (docs/reliability.md).
+Rows leave the pipeline in arrival order, so the feeder links each row to the previous row of its
+partition (``prev``): a gap between ``prev`` and ``offset`` is exactly the messages the pipeline
+dropped as malformed, which the loop dead-letters before its position moves past them.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Iterator, Mapping
 
+import numpy as np
 import tensorflow as tf
-from prometheus_client import Counter
+
+from stream_trainer.fresh import FreshRows, Rows
 
 log = logging.getLogger(__name__)
 
-SOURCE_RESTARTS = Counter(
-    "stream_trainer_source_restarts_total", "Times the Kafka input pipeline was rebuilt after a source error.")
-
-Batch = dict[str, Any]
-
-# Every iterator a feeder ever made stays referenced for the life of the process. tfio's reader
-# ignores cancellation while it waits for a message, so destroying an iterator whose reader is
-# blocked waits forever, holding the GIL: the whole process would freeze (seen when a stopped
-# trainer's Feeder was garbage-collected). The CLI leaves with os._exit, so none is ever freed.
-_ITERATORS: list[object] = []
-
 
 class Feeder:
-    """Iterates ``make_dataset()`` in a daemon thread; ``get`` hands batches to the loop."""
+    """Iterates ``decoded`` (batches of decoded rows) in a daemon thread into ``fresh``."""
 
-    def __init__(self, make_dataset: Callable[[], tf.data.Dataset], stop: threading.Event,
-                 depth: int = 2, restart_backoff_s: float = 2.0) -> None:
-        self._make = make_dataset
+    def __init__(self, decoded: tf.data.Dataset, fresh: FreshRows, starts: Mapping[int, int],
+                 stop: threading.Event) -> None:
+        self._decoded = decoded
+        self.fresh = fresh
         self._stop = stop
-        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=depth)
-        self._backoff = restart_backoff_s
-        self.exhausted = threading.Event()  # a bounded dataset ran out (tests, benchmarks)
-        self.restarts = 0
-        self.failure: BaseException | None = None  # set when the pipeline cannot be built at all
+        self._lock = threading.Lock()
+        self._last = {p: s - 1 for p, s in starts.items()}
+        self.exhausted = threading.Event()  # a bounded read ended (benchmarks, tests)
+        self.failure: BaseException | None = None  # the pipeline itself broke: the loop must stop
         self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+        self._iterator: Iterator[dict[str, tf.Tensor]] = iter(decoded)
 
     def start(self) -> Feeder:
         self._thread.start()
         return self
 
-    def get(self, timeout_s: float) -> Batch | None:
-        """The next batch, or None if none came within ``timeout_s``."""
-        try:
-            return self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-
-    def _put(self, batch: Batch) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(batch, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def restart_partition(self, partition: int, start: int) -> None:
+        """A partition now continues at ``start`` (new partition, or a position reset by policy)."""
+        with self._lock:
+            self._last[partition] = start - 1
 
     def _run(self) -> None:
         try:
-            self._feed()
-        except Exception as exc:  # noqa: BLE001 - a bug building the pipeline: the loop must stop, not starve
-            log.exception("the input pipeline cannot run")
+            for group in self._iterator:
+                if not self.fresh.put(self._rows(group), self._stop):
+                    return
+            self.exhausted.set()
+        except Exception as exc:  # noqa: BLE001 - a broken pipeline must stop the loop, not starve it
+            log.exception("the decode pipeline failed")
             self.failure = exc
 
-    def _feed(self) -> None:
-        while not self._stop.is_set():
-            iterator = iter(self._make())
-            _ITERATORS.append(iterator)
-            try:
-                for batch in iterator:
-                    if not self._put(batch):
-                        return
-                self.exhausted.set()
-                return
-            except tf.errors.OutOfRangeError:
-                self.exhausted.set()
-                return
-            except tf.errors.OpError as exc:
-                self.restarts += 1
-                SOURCE_RESTARTS.inc()
-                log.error("input pipeline failed (%s); rebuilding it from the trained positions in %.0f s",
-                          str(exc.message).splitlines()[0], self._backoff)
-                self._stop.wait(self._backoff)
+    def _rows(self, group: dict[str, tf.Tensor]) -> Rows:
+        partition = group["partition"].numpy()
+        offset = group["offset"].numpy()
+        prev = np.empty_like(offset)
+        with self._lock:
+            for i, (p, o) in enumerate(zip(partition.tolist(), offset.tolist(), strict=True)):
+                prev[i] = self._last.get(p, o - 1)
+                self._last[p] = o
+        n = offset.shape[0]
+        return Rows(image=group["image"].numpy(), mask=group["mask"].numpy(), partition=partition, offset=offset,
+                    prev=prev, produce_ts_ms=group["produce_ts_ms"].numpy(), nbytes=group["nbytes"].numpy(),
+                    arrived=np.full(n, time.monotonic()))

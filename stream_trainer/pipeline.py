@@ -1,32 +1,36 @@
-"""The input pipeline as pure tf.data: parse -> decode -> resize -> (shuffle, flip) -> batch -> prefetch.
+"""The input pipeline as pure tf.data: what has arrived in the inbox, decoded on every core.
 
-Nothing here talks to Kafka. A raw stream is any dataset of dicts with ``key``, ``value``
-(a wire-format ``tf.train.Example``), ``partition`` and ``offset``; ``source.py`` makes one from
-Kafka, the benchmarks and tests make them from memory.
+Nothing here talks to Kafka. The readers (``source.py``) put raw messages into the inbox
+(``inbox.py``); this pipeline takes out *everything that has arrived* (up to ``decode_group``
+messages), decodes the group with a parallel, order-keeping map, drops the malformed messages
+of the group with ``ignore_errors``, and hands the group on as one batch of decoded rows.
 
-Malformed messages never stop the stream: each message is decoded inside its own one-element
-dataset with ``ignore_errors``, so a bad one simply disappears while errors of the Kafka source
-itself (a broker outage) still surface to the loop. Those one-element datasets run one after
-another within a partition (``flat_map``); partitions decode in parallel. A parallel,
-order-keeping interleave would decode several messages of a partition at once, but it holds
-about ``cycle_length`` messages back before emitting one: 2.3 s of produce->train latency at
-3.5 messages/s per partition (docs/benchmarks.md). Every surviving element carries ``prev``,
-the offset of the previous surviving message of its partition; a hole between ``prev`` and
-``offset`` is exactly the set of dropped messages, which the loop re-reads, diagnoses and
-dead-letters (``deadletter.py``).
+Why groups of "what has arrived":
+* decode parallelism no longer follows the partition count: a group from one partition decodes
+  on every core;
+* nothing waits for traffic that may never come: a group is whatever is there, one message on a
+  quiet topic, ``decode_group`` on a busy one;
+* ``ignore_errors`` sees only the decoding of one group, never a reader failure (the readers run
+  in their own threads), so a broken message is dropped while a broken Kafka connection is not
+  hidden.
+
+Rows leave in the order they entered, so within a partition offsets increase: a gap between two
+consecutive rows of a partition is exactly the set of dropped messages, which the loop
+dead-letters (``deadletter.py``) before its position moves past them (``progress.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import tensorflow as tf
 
 from stream_trainer import wire
-from stream_trainer.config import PipelineConfig
+from stream_trainer.inbox import END_PARTITION, Inbox
 
 AUTOTUNE = tf.data.AUTOTUNE
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GRAY8 = b"\x08\x00"  # IHDR bytes 24-25: bit depth 8, colour type 0
 
 _FEATURES = {
     wire.VERSION_KEY: tf.io.FixedLenFeature([], tf.int64),
@@ -40,15 +44,23 @@ def decode_example(value: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     """Parse and validate one serialized Example; raise InvalidArgumentError if it is malformed.
 
     Returns ``image`` (uint8, size x size x 3), ``mask`` (uint8 classes 0..2, size x size x 1) and
-    ``produce_ts_ms``. Images stay uint8 until after batching: four times less memory in the
-    shuffle buffer than float32.
+    ``produce_ts_ms``. Images stay uint8 until the training step: a quarter of float32's memory in
+    the queues and the replay store.
     """
     ex = tf.io.parse_single_example(value, _FEATURES)
     version_ok = tf.debugging.assert_equal(
         ex[wire.VERSION_KEY], tf.constant(wire.FORMAT_VERSION, tf.int64), message="unsupported format_version")
     with tf.control_dependencies([version_ok]):
         image, stored_hw = _decode_image(ex[wire.IMAGE_KEY], image_size)
-    mask = tf.io.decode_png(ex[wire.MASK_KEY], channels=1)
+    mask_bytes = ex[wire.MASK_KEY]
+    # The contract is 8-bit grayscale (IHDR bit depth 8, colour type 0): decode_png would turn a
+    # palette mask into luminance and scale a 16-bit one, both silently wrong labels.
+    is_png = tf.strings.substr(mask_bytes, 0, 8) == _PNG_SIGNATURE
+    gray8 = tf.strings.substr(mask_bytes, 24, 2) == _GRAY8
+    format_ok = tf.debugging.Assert(tf.logical_or(tf.logical_not(is_png), gray8),
+                                    ["mask PNG is not 8-bit grayscale"])
+    with tf.control_dependencies([format_ok]):
+        mask = tf.io.decode_png(mask_bytes, channels=1)
     same_size = tf.debugging.assert_equal(
         stored_hw, tf.shape(mask)[:2], message="mask size differs from image size")
     in_range = tf.debugging.Assert(
@@ -90,81 +102,61 @@ def _decode_image(data: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tenso
     return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
-def decode_stream(raw: tf.data.Dataset, start: tf.Tensor, image_size: int, parallel: int = 1) -> tf.data.Dataset:
-    """Decode one partition's raw stream in offset order, dropping malformed messages.
+def decode_message(value: tf.Tensor, partition: tf.Tensor, offset: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+    """One raw message as a training row (raises InvalidArgumentError if it is malformed)."""
+    row = decode_example(value, image_size)
+    row.update(partition=partition, offset=offset, nbytes=tf.strings.length(value))
+    return row
 
-    Offset order is what the ``prev`` chain relies on. ``start`` is the partition's first offset
-    to read. ``parallel`` > 1 decodes that many messages of the partition at once with an
-    order-keeping parallel interleave, which holds back about ``parallel`` messages (latency of
-    ``parallel / rate`` on a slow partition); 1 decodes them one by one, adding no latency.
+
+def _decode_group(values: tf.Tensor, partitions: tf.Tensor, offsets: tf.Tensor, image_size: int,
+                  threads: int) -> tf.data.Dataset:
+    """One group as (at most) one batch of decoded rows, its malformed messages left out."""
+    size = tf.shape(values, out_type=tf.int64)[0]
+    return (tf.data.Dataset.from_tensor_slices((values, partitions, offsets))
+            .map(lambda v, p, o: decode_message(v, p, o, image_size), num_parallel_calls=threads or AUTOTUNE,
+                 deterministic=True)
+            .ignore_errors()
+            .batch(tf.maximum(size, 1)))
+
+
+def decoded_groups(inbox: Inbox, image_size: int, group: int = 64, threads: int = 0) -> tf.data.Dataset:
+    """Batches of decoded rows, each the well-formed part of one group of arrived messages.
+
+    Unbounded; it ends only after an end marker (``Inbox.put_end``), for bounded reads.
     """
+    ended = tf.Variable(False, trainable=False, name="inbox_ended")
+    empty = (tf.zeros([0], tf.string), tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
 
-    def safe_decode(msg: dict[str, tf.Tensor]) -> tf.data.Dataset:
-        def decode(m: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            out = decode_example(m["value"], image_size)
-            out.update(partition=m["partition"], offset=m["offset"],
-                       nbytes=tf.strings.length(m["value"]))
-            return out
+    def arrived(_: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def take() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            values, partitions, offsets = inbox.take_arrived(group)
+            live = partitions != END_PARTITION
+            mark = tf.cond(tf.reduce_all(live), lambda: tf.constant(False), lambda: ended.assign(True))
+            with tf.control_dependencies([mark]):
+                return (tf.boolean_mask(values, live), tf.boolean_mask(partitions, live),
+                        tf.boolean_mask(offsets, live))
 
-        return tf.data.Dataset.from_tensors(msg).map(decode).ignore_errors()
+        # After the end marker nothing more comes: dequeuing again would block forever.
+        return tf.cond(ended.read_value(), lambda: empty, take)
 
-    if parallel > 1:
-        decoded = raw.interleave(safe_decode, cycle_length=parallel, block_length=1,
-                                 num_parallel_calls=parallel, deterministic=True)
-    else:
-        decoded = raw.flat_map(safe_decode)
-
-    def link(prev: tf.Tensor, elem: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        return elem["offset"], {**elem, "prev": prev}
-
-    return decoded.scan(tf.cast(start, tf.int64) - 1, link)
-
-
-def train_batches(decoded: tf.data.Dataset, cfg: PipelineConfig) -> tf.data.Dataset:
-    """Shuffle window -> joint random flip -> batch -> normalise -> prefetch, for training."""
-    ds = decoded.shuffle(cfg.shuffle_buffer, seed=cfg.seed or None)
-    if cfg.flip:
-        ds = ds.map(_random_flip, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(cfg.batch_size, drop_remainder=True)
-    # Normalising after batching is one vectorised op per batch instead of one per image.
-    ds = ds.map(_normalise, num_parallel_calls=AUTOTUNE)
-    # Overlap: the next batches are prepared while the model trains on this one.
-    return ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_optimization.map_parallelization = False  # dequeuing has side effects
+    groups = (tf.data.Dataset.from_tensors(tf.constant(0)).repeat()
+              .map(arrived)
+              .take_while(lambda v, p, o: tf.logical_or(tf.size(o) > 0, tf.logical_not(ended.read_value()))))
+    # flat_map, not a parallel interleave: an interleave fetches its next input (blocking on an
+    # empty inbox) before it hands out what it has, holding decoded messages back.
+    decoded = groups.flat_map(lambda v, p, o: _decode_group(v, p, o, image_size, threads))
+    return decoded.prefetch(2).with_options(options)
 
 
-def eval_batches(decoded: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-    return decoded.batch(batch_size).map(_normalise).prefetch(AUTOTUNE)
-
-
-def _random_flip(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    # One coin for image and mask together: a flipped image with an unflipped mask is a wrong label.
-    flip = tf.random.uniform([]) < 0.5
-    return {**elem,
-            "image": tf.cond(flip, lambda: tf.reverse(elem["image"], [1]), lambda: elem["image"]),
-            "mask": tf.cond(flip, lambda: tf.reverse(elem["mask"], [1]), lambda: elem["mask"])}
-
-
-def _normalise(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {**batch, "image": tf.cast(batch["image"], tf.float32) / 255.0}
-
-
-RawReader = Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset]
-
-
-def decoded_partitions(read: RawReader, starts: dict[int, int], image_size: int,
-                       decode_parallel: int = 1) -> tf.data.Dataset:
-    """Every partition read by ``read(partition, start)``, decoded, merged as they come.
-
-    A parallel, non-deterministic interleave with one slot per partition: an idle partition
-    (its reader blocks until a message arrives) never holds the busy ones back, and partitions
-    decode in parallel with each other. ``decode_parallel``: see ``decode_stream``.
-    """
-    partitions = sorted(starts)
-    index = tf.data.Dataset.from_tensor_slices((
-        tf.constant(partitions, tf.int32), tf.constant([starts[p] for p in partitions], tf.int64)))
-
-    def one(partition: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
-        return decode_stream(read(partition, start), start, image_size, decode_parallel)
-
-    return index.interleave(one, cycle_length=len(partitions), block_length=1,
-                            num_parallel_calls=len(partitions), deterministic=False)
+def decode_values(values: list[bytes], image_size: int, batch_size: int) -> tf.data.Dataset:
+    """In-memory messages (offsets = list positions) decoded like the stream: for evaluation."""
+    n = len(values)
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(values, tf.string), tf.zeros([n], tf.int32),
+                                             tf.range(n, dtype=tf.int64)))
+    return (ds.map(lambda v, p, o: decode_message(v, p, o, image_size), num_parallel_calls=AUTOTUNE,
+                   deterministic=True)
+            .ignore_errors()
+            .batch(batch_size))

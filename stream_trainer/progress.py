@@ -41,6 +41,13 @@ class OffsetTracker:
                 for stale in [k for k in links if k < last]:
                     del links[stale]
 
+    def reset(self, partition: int, start: int) -> None:
+        """``partition`` continues at ``start``: a partition added to the topic, or a position moved by
+        ``trainer.source.on_offset_reset`` after the topic was recreated."""
+        with self._lock:
+            self._last[partition] = start - 1
+            self._links[partition] = {}
+
     def positions(self) -> dict[int, int]:
         """Per partition, the first offset whose message is not yet handled."""
         with self._lock:

@@ -1,38 +1,58 @@
-"""tensorflow-io ``KafkaDataset`` per partition: the raw, unbounded message stream.
+"""tensorflow-io ``KafkaDataset`` per partition, each read by its own thread into the inbox.
 
 Why ``KafkaDataset`` with explicit ``topic:partition:offset`` and not ``KafkaGroupIODataset``:
 the group dataset lets librdkafka auto-commit at fetch time, before a message is trained, so a
 crash loses data. Here each partition starts exactly at the offset our checkpoint says, and
 ``message_offset=True`` hands every message's ``partition:offset`` to the training loop.
 
+Why a thread per partition: with ``eof=False`` tfio's reader blocks in C++ until a message comes
+and ignores cancellation. Each reader therefore runs its whole (endless) tf.data loop inside one
+TensorFlow op in a thread of its own, putting every message into the inbox (``inbox.py``). An
+idle partition blocks only its own thread; a failing one raises in its own thread, where the
+failure is logged, counted and the reader restarted exactly where it stopped reading.
+
 tfio bundles librdkafka 1.5.0; the bookkeeping it cannot do (commits, lag, metadata) lives in
-``kafka.py`` with confluent-kafka.
+``kafka/`` with confluent-kafka.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no `.kafka`
 
 from stream_trainer.config import KafkaConfig, SourceConfig
+from stream_trainer.errors import InputPipelineError, StreamTrainerError
+from stream_trainer.inbox import Inbox
+
+log = logging.getLogger(__name__)
 
 # tfio's consumer joins no group and must never commit: our checkpoint owns positions.
 _TFIO_GLOBAL = ("enable.auto.commit=false", "enable.auto.offset.store=false", "api.version.request=true")
+# An offset that no longer exists (retention, a recreated topic) must be an error we can act on,
+# not librdkafka's silent jump to the log end.
+_TFIO_TOPIC = ("auto.offset.reset=error",)
 # librdkafka 1.5 understands only a subset of modern properties; pass through the ones both know.
 _PASSTHROUGH_PREFIXES = ("security.protocol", "sasl.", "ssl.", "client.id", "socket.", "fetch.", "queued.")
+# Messages a reader hands over per step of its loop (the inbox has them as soon as they are read).
+_READER_CHUNK = 64
 
 
-def assigned_partitions(all_partitions: list[int], source: SourceConfig) -> list[int]:
-    """The partitions this worker reads: the explicit list, else its share of ``all_partitions``.
+def assigned_partitions(all_partitions: list[int], source: SourceConfig, worker_index: int = 0,
+                        worker_count: int = 1) -> list[int]:
+    """The partitions this worker reads: the explicit list, else every ``worker_count``-th one.
 
-    Scale-out splits partitions across tf.distribute workers; each worker gets every
-    ``worker_count``-th partition starting at ``worker_index``.
+    Partition p belongs to worker ``p % worker_count``: the split of a topic between the workers
+    of a job, stable when partitions are added.
     """
     if source.partitions:
         return sorted(p for p in source.partitions if p in all_partitions)
-    return [p for p in all_partitions if p % source.worker_count == source.worker_index]
+    return [p for p in all_partitions if p % worker_count == worker_index]
 
 
 def tfio_config(kafka: KafkaConfig) -> list[str]:
@@ -40,61 +60,160 @@ def tfio_config(kafka: KafkaConfig) -> list[str]:
     return [*_TFIO_GLOBAL, *extra]
 
 
-def partition_reader(kafka: KafkaConfig, topic: str, poll_timeout_ms: int, group_id: str,  # noqa: ANN201
-                     stop_offsets: Mapping[int, int] | None = None):
-    """A function ``(partition, start_offset) -> Dataset`` of ``(key, value, partition, offset)``.
-
-    It is meant for ``Dataset.interleave``: ``eof=False`` blocks inside C++ until a message
-    comes, so one idle partition must not hold the others back (parallel, non-deterministic
-    interleave). The poll timeout bounds how long one ``consume`` call blocks.
-
-    ``stop_offsets`` (partition -> offset to stop before, for every partition read) bounds the
-    read for benchmarks and tests: each partition ends after ``stop - start`` messages, so the
-    topic must have no offset gaps (no transactions, no compaction) in that range. Why not
-    ``.take(n)`` on the merged stream: tfio's reader loops in C++ without checking for
-    cancellation, so destroying a parallel interleave whose workers wait on a drained partition
-    hangs forever. Why not tfio's own ``topic:p:start:last`` limit: it reads nothing when
-    ``start == last``, i.e. for a one-message range.
-    """
-    servers = kafka.bootstrap_servers
-    config = tfio_config(kafka)
-    stops = None
-    if stop_offsets:
-        stops = tf.constant([stop_offsets.get(p, 0) for p in range(max(stop_offsets) + 1)], tf.int64)
-
-    def read(partition: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
-        spec = tf.strings.join([topic, tf.strings.as_string(partition), tf.strings.as_string(start), "-1"], ":")
-        ds = tfio_kafka.KafkaDataset(
-            tf.reshape(spec, [1]), servers=servers, group=group_id, eof=False, timeout=poll_timeout_ms,
-            config_global=config, message_key=True, message_offset=True,
-        )
-        ds = ds.map(_split_position)
-        if stops is not None:
-            ds = ds.take(tf.maximum(tf.gather(stops, partition) - tf.cast(start, tf.int64), 0))
-        return ds
-
-    return read
-
-
-def _split_position(value: tf.Tensor, key: tf.Tensor, position: tf.Tensor) -> dict[str, tf.Tensor]:
-    # tfio yields (value, key, "partition:offset") when both message_key and message_offset are on.
-    # decode_csv parses both numbers in one op: half the CPU of split + to_number (~40 us a message).
+def _split_position(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    # tfio yields "partition:offset" when message_offset is on; decode_csv parses both numbers in
+    # one op: half the CPU of split + to_number.
     partition, offset = tf.io.decode_csv(
         position, record_defaults=[tf.constant(0, tf.int32), tf.constant(0, tf.int64)], field_delim=":")
-    return {"key": key, "value": value, "partition": partition, "offset": offset}
+    return partition, offset
 
 
-def kafka_stream(
-    kafka: KafkaConfig, topic: str, starts: Mapping[int, int], poll_timeout_ms: int = 1000,
-    group_id: str = "stream-trainer-tfio", stop_offsets: Mapping[int, int] | None = None,
-) -> tf.data.Dataset:
-    """All ``starts`` partitions as one stream of raw messages (no decoding).
+Resolver = Callable[[int, int], int]
 
-    Unbounded unless ``stop_offsets`` is given (see ``partition_reader``).
+
+class PartitionReader:
+    """One partition: tfio reads it from a start offset and puts every message into the inbox."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, partition: int, inbox: Inbox, poll_timeout_ms: int,
+                 group_id: str) -> None:
+        self.topic = topic
+        self.partition = partition
+        # The offset of the last message put into the inbox: a restart continues after it.
+        self.last_read = tf.Variable(-1, dtype=tf.int64, trainable=False, name=f"last_read_{partition}")
+        servers, config = kafka.bootstrap_servers, tfio_config(kafka)
+        options = tf.data.Options()
+        # The forwarding map has side effects in offset order: it must never run in parallel.
+        options.experimental_optimization.map_parallelization = False
+        options.deterministic = True
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+        def read(start: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+            spec = tf.strings.join([topic, str(partition), tf.strings.as_string(start), "-1"], ":")
+            ds = tfio_kafka.KafkaDataset(
+                tf.reshape(spec, [1]), servers=servers, group=group_id, eof=False, timeout=poll_timeout_ms,
+                config_global=config, config_topic=list(_TFIO_TOPIC), message_key=True, message_offset=True)
+            ds = ds.take(count)  # -1: the endless stream
+
+            def forward(value: tf.Tensor, _key: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
+                part, offset = _split_position(position)
+                with tf.control_dependencies([inbox.put(value, part, offset)]):
+                    with tf.control_dependencies([self.last_read.assign(offset)]):
+                        return tf.identity(offset)
+
+            ds = ds.map(forward).batch(_READER_CHUNK).with_options(options)
+            return ds.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, out_type=tf.int64))
+
+        self._read = read
+
+    def read(self, start: int, count: int = -1) -> int:
+        """Read from ``start`` (``count`` messages, -1 = forever); raises tf.errors.OpError on failure."""
+        return int(self._read(tf.constant(start, tf.int64), tf.constant(count, tf.int64)))
+
+    @property
+    def next_offset(self) -> int:
+        """The first offset not yet put into the inbox (-1 before the first message)."""
+        last = int(self.last_read.read_value())
+        return last + 1 if last >= 0 else -1
+
+
+class KafkaSource:
+    """Every assigned partition's reader, each in its own thread, with bounded restarts.
+
+    A reader that fails is restarted where it stopped reading, after ``resolve(partition, offset)``
+    has decided where that is now (the offset may have been deleted by retention, or the topic
+    recreated): nothing that was put into the inbox is read twice, nothing after it is skipped.
+    More than ``max_restarts`` failures within ``restart_window_s`` (all partitions together) set
+    ``failure``: the loop stops with a clear error so that a supervisor restarts the process.
     """
-    partitions = sorted(starts)
-    read = partition_reader(kafka, topic, poll_timeout_ms, group_id, stop_offsets)
-    index = tf.data.Dataset.from_tensor_slices((
-        tf.constant(partitions, tf.int32), tf.constant([starts[p] for p in partitions], tf.int64)))
-    return index.interleave(read, cycle_length=len(partitions), block_length=1,
-                            num_parallel_calls=len(partitions), deterministic=False)
+
+    def __init__(self, kafka: KafkaConfig, topic: str, inbox: Inbox, cfg: SourceConfig, group_id: str,
+                 resolve: Resolver, stop: threading.Event, restart_backoff_s: float = 2.0) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.inbox = inbox
+        self.cfg = cfg
+        self.group_id = group_id
+        self.resolve = resolve
+        self.stop = stop
+        self.backoff_s = restart_backoff_s
+        self.readers: dict[int, PartitionReader] = {}
+        self.restarts = 0
+        self.failure: StreamTrainerError | None = None
+        self._failures: deque[float] = deque()
+        self._lock = threading.Lock()
+        self._bounded_left = 0
+
+    def start(self, starts: Mapping[int, int], stops: Mapping[int, int] | None = None) -> KafkaSource:
+        """Start reading every partition in ``starts``; with ``stops`` (exclusive), end there."""
+        if stops is not None:
+            self._bounded_left = len(starts)
+        for p, offset in sorted(starts.items()):
+            self.add(p, offset, None if stops is None else stops[p] - offset)
+        return self
+
+    def add(self, partition: int, start: int, count: int | None = None) -> None:
+        """Start reading one more partition (a partition added to the topic while running)."""
+        reader = PartitionReader(self.kafka, self.topic, partition, self.inbox, self.cfg.poll_timeout_ms,
+                                 self.group_id)
+        self.readers[partition] = reader
+        threading.Thread(target=self._run, args=(reader, start, count), name=f"kafka-reader-{partition}",
+                         daemon=True).start()
+
+    def read_positions(self) -> dict[int, int]:
+        return {p: r.next_offset for p, r in self.readers.items()}
+
+    def _run(self, reader: PartitionReader, start: int, count: int | None) -> None:
+        while not self.stop.is_set():
+            try:
+                if count is not None and count <= 0:
+                    break
+                reader.read(start, -1 if count is None else count)
+                break  # only a bounded read returns
+            except tf.errors.OpError as exc:
+                resumed = self._after_failure(reader, start, exc)
+                if resumed is None:
+                    return
+                if count is not None:
+                    count -= resumed - start
+                start = resumed
+        if count is not None:
+            with self._lock:
+                self._bounded_left -= 1
+                if self._bounded_left == 0:
+                    self.inbox.put_end()
+
+    def _after_failure(self, reader: PartitionReader, start: int, exc: tf.errors.OpError) -> int | None:
+        """Count the failure; return where to resume, or None when the source must give up."""
+        reason = str(exc.message).strip().splitlines()[0][:300]
+        now = time.monotonic()
+        with self._lock:
+            self.restarts += 1
+            self._failures.append(now)
+            while self._failures and now - self._failures[0] > self.cfg.restart_window_s:
+                self._failures.popleft()
+            too_many = len(self._failures) > self.cfg.max_restarts
+        from stream_trainer import metrics  # the source is usable without the metrics module loaded
+
+        metrics.SOURCE_RESTARTS.labels(self.topic, str(reader.partition)).inc()
+        if too_many:
+            msg = (f"the Kafka reader of {self.topic}[{reader.partition}] failed {len(self._failures)} times within "
+                   f"{self.cfg.restart_window_s:.0f} s (last: {reason}); giving up so a supervisor can restart "
+                   f"the trainer (trainer.source.max_restarts)")
+            self._fail(InputPipelineError(msg))
+            return None
+        resume = reader.next_offset if reader.next_offset >= 0 else start
+        log.error("Kafka reader of %s[%d] failed at offset %d (%s); restarting in %.0f s", self.topic,
+                  reader.partition, resume, reason, self.backoff_s)
+        if self.stop.wait(self.backoff_s):
+            return None
+        try:
+            return self.resolve(reader.partition, resume)
+        except StreamTrainerError as err:
+            self._fail(err)
+            return None
+
+    def _fail(self, err: StreamTrainerError) -> None:
+        with self._lock:
+            if self.failure is None:
+                self.failure = err
+        log.error("%s", err)

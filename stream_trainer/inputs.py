@@ -1,0 +1,153 @@
+"""Where each partition starts, and the input side of one worker as the loop sees it.
+
+Start positions: the checkpoint's, else the consumer group's committed offset, else
+``trainer.source.auto_offset_reset``. A position the log no longer has is never silently
+replaced: below the log start (retention deleted unread messages) the trainer continues at the
+log start and counts the loss; beyond the log end (the topic was recreated, or the checkpoint is
+from another cluster) ``trainer.source.on_offset_reset`` decides (fail by default). The same rules
+apply when a partition's reader fails while running.
+
+``Inputs`` bundles the Kafka readers, the decode pipeline and the feeder of one worker, watches
+the topic for added partitions, and answers the loop's questions (has the input failed, ended,
+how many partitions does the topic have).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from stream_trainer import metrics, pipeline
+from stream_trainer.checkpoint import Restored
+from stream_trainer.config import Settings
+from stream_trainer.errors import OffsetResetError, StreamTrainerError
+from stream_trainer.feeder import Feeder
+from stream_trainer.fresh import FreshRows
+from stream_trainer.inbox import Inbox
+from stream_trainer.kafka import Cluster, Watermarks
+from stream_trainer.progress import OffsetTracker
+from stream_trainer.source import KafkaSource, assigned_partitions
+
+log = logging.getLogger(__name__)
+
+
+def checked_start(topic: str, partition: int, offset: int, marks: Watermarks, policy: str) -> int:
+    """``offset`` if the log still has it, else what the rules in the module docstring say."""
+    if offset < marks.low:
+        lost = marks.low - offset
+        metrics.MESSAGES_LOST.labels(topic, str(partition), "retention").inc(lost)
+        log.error("%s[%d]: offsets %d..%d were deleted by retention before they were trained (%d messages lost); "
+                  "continuing at %d", topic, partition, offset, marks.low - 1, lost, marks.low)
+        return marks.low
+    if offset > marks.high:
+        if policy == "fail":
+            msg = (f"{topic}[{partition}]: the saved position {offset} is beyond the log end {marks.high} (was the "
+                   f"topic recreated, or is the checkpoint from another cluster?); set "
+                   f"trainer.source.on_offset_reset to earliest or latest to continue from there")
+            raise OffsetResetError(msg)
+        target = marks.low if policy == "earliest" else marks.high
+        log.warning("%s[%d]: position %d is beyond the log end %d; continuing at %d (on_offset_reset=%s)", topic,
+                    partition, offset, marks.high, target, policy)
+        return target
+    return offset
+
+
+def start_offsets(cluster: Cluster, settings: Settings, partitions: list[int],
+                  restored: Restored | None) -> dict[int, int]:
+    """Per partition: the checkpoint's offset, else the group's committed one, else the reset policy."""
+    topic, source = settings.topics.train, settings.trainer.source
+    saved = restored.offsets if restored else {}
+    committed = cluster.committed(topic, [p for p in partitions if p not in saved])
+    marks = cluster.watermarks(topic, partitions)
+    starts: dict[int, int] = {}
+    for p in partitions:
+        if p in saved:
+            offset, origin = saved[p], "checkpoint"
+        elif p in committed:
+            offset, origin = committed[p], "group"
+        else:
+            offset = marks[p].low if source.auto_offset_reset == "earliest" else marks[p].high
+            origin = source.auto_offset_reset
+        starts[p] = checked_start(topic, p, offset, marks[p], source.on_offset_reset)
+        log.info("partition %d starts at offset %d (from %s; log end %d)", p, starts[p], origin, marks[p].high)
+    return starts
+
+
+class Inputs:
+    """One worker's readers, decode pipeline and feeder; see the module docstring."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, tracker: OffsetTracker, starts: Mapping[int, int],
+                 fresh: FreshRows, worker_index: int, worker_count: int, stop: threading.Event,
+                 partition_count: int) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.tracker = tracker
+        self.worker_index, self.worker_count = worker_index, worker_count
+        self.stop = stop
+        t = settings.trainer
+        self.topic = settings.topics.train
+        self.inbox = Inbox(t.source.queue_capacity)
+        self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
+                                  self._resolve, stop)
+        decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, t.pipeline.decode_group,
+                                          t.pipeline.decode_threads)
+        self.feeder = Feeder(decoded, fresh, starts, stop)
+        self._starts = dict(starts)
+        self._count = partition_count
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, name="partition-watch", daemon=True)
+
+    def start(self) -> Inputs:
+        self.source.start(self._starts)
+        self.feeder.start()
+        self._watcher.start()
+        return self
+
+    # -- what the loop asks ---------------------------------------------------------------------
+    def failure(self) -> StreamTrainerError | BaseException | None:
+        return self.source.failure or self.feeder.failure
+
+    def exhausted(self) -> bool:
+        return self.feeder.exhausted.is_set()
+
+    def partitions(self) -> int:
+        with self._lock:
+            return self._count
+
+    # -- partitions added while running ---------------------------------------------------------
+    def _watch(self) -> None:
+        every = self.settings.trainer.source.metadata_refresh_s
+        while not self.stop.wait(every):
+            try:
+                found = self.cluster.partitions(self.topic)
+            except StreamTrainerError as exc:  # an outage: the readers report it their own way
+                log.debug("partition refresh failed: %s", exc)
+                continue
+            mine = assigned_partitions(found, self.settings.trainer.source, self.worker_index, self.worker_count)
+            new = [p for p in mine if p not in self.source.readers]
+            with self._lock:
+                self._count = max(self._count, len(found))
+            if new:
+                self._add(new)
+
+    def _add(self, partitions: list[int]) -> None:
+        try:
+            starts = start_offsets(self.cluster, self.settings, partitions, None)
+        except StreamTrainerError as exc:
+            log.error("cannot start reading new partitions %s yet: %s", partitions, exc)
+            return
+        for p, start in starts.items():
+            log.info("partition %d was added to %s; training it from offset %d", p, self.topic, start)
+            self.tracker.reset(p, start)
+            self.feeder.restart_partition(p, start)
+            self.source.add(p, start)
+
+    def _resolve(self, partition: int, offset: int) -> int:
+        """Where a failed reader of ``partition`` resumes (called by its thread before restarting)."""
+        marks = self.cluster.watermarks(self.topic, [partition])[partition]
+        start = checked_start(self.topic, partition, offset, marks, self.settings.trainer.source.on_offset_reset)
+        if offset > marks.high:  # moved by on_offset_reset: the offset chain starts over there
+            self.tracker.reset(partition, start)
+            self.feeder.restart_partition(partition, start)
+        return start

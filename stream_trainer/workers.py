@@ -1,0 +1,225 @@
+"""The job's workers: one process alone, or several training one model with tf.distribute.
+
+Several workers run ``tf.distribute.MultiWorkerMirroredStrategy`` with our own ``strategy.run``
+loop (Keras ``fit`` under it is broken in Keras 3, keras#20585). Every collective must be joined by
+every worker or the job deadlocks, so the loop never lets a worker decide alone to do something
+collective: each step starts with a **vote**, one small all-reduce in which every worker says how
+many rows it has and whether it wants to stop, and the chief says whether to checkpoint or
+evaluate. Everyone then acts on the same totals: nobody has data -> nobody steps (no optimizer
+update on nothing); someone has data -> everyone steps, idle workers with zero-weight rows.
+
+A worker that dies is noticed by TensorFlow's coordination service (heartbeats, ~10 s); a worker
+that hangs, by the collectives' timeout (``trainer.cluster.peer_timeout_s``). Either way the
+collective raises here as ``PeerLostError`` naming the worker, and the process exits non-zero:
+after an aborted collective TensorFlow needs a fresh process, so a supervisor restarts the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from stream_trainer import metrics
+from stream_trainer.config import ClusterConfig
+from stream_trainer.errors import ConfigError, PeerLostError
+from stream_trainer.step import StepFn, input_signature
+
+log = logging.getLogger(__name__)
+
+# Vote slots, summed over workers; flags mean "> 0" after the sum. Only the chief fills the last
+# two: its clock says whether a checkpoint is due by time, its metadata how many partitions exist.
+ROWS, FRESH, STOP, CHECKPOINT, PARTITIONS = range(5)
+VOTE_SIZE = 5
+
+
+def cluster_from_env(cfg: ClusterConfig) -> tuple[list[str], int]:
+    """The worker list and this worker's index: ``trainer.cluster`` or else ``TF_CONFIG``."""
+    if cfg.workers:
+        return list(cfg.workers), cfg.index
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return [], 0
+    try:
+        tf_config = json.loads(raw)
+        workers = [str(w) for w in tf_config["cluster"]["worker"]]
+        task = tf_config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"environment variable TF_CONFIG is not a valid worker cluster description ({exc})"
+        raise ConfigError(msg) from exc
+    if task.get("type", "worker") != "worker" or not 0 <= index < len(workers):
+        msg = "environment variable TF_CONFIG must name a task of type 'worker' with an index into cluster.worker"
+        raise ConfigError(msg)
+    return workers, index
+
+
+class Workers:
+    """One worker alone: every collective is the identity. ``MultiWorkers`` overrides them."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.count = 1
+        self.addresses: list[str] = []
+        self.strategy = tf.distribute.get_strategy()
+        self._step: Any = None
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+    def scope(self) -> Any:
+        return self.strategy.scope()
+
+    def compile_step(self, replica_step: StepFn, image_size: int) -> None:
+        self._step = tf.function(replica_step, input_signature=input_signature(image_size))
+
+    def step(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray, fresh: np.ndarray,
+             total_weight: float) -> dict[str, np.ndarray]:
+        out = self._step(image, mask, weight, fresh, np.float32(total_weight))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def vote(self, ballot: np.ndarray) -> np.ndarray:
+        return ballot
+
+    def sum_vector(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum over workers of an int64 vector (same length everywhere)."""
+        return values
+
+    def broadcast_json(self, obj: Any) -> Any:
+        """The chief's ``obj`` on every worker."""
+        return obj
+
+    def broadcast_variables(self, variables: list[tf.Variable]) -> None:
+        """Every worker's variables take the chief's values (after the chief restored them)."""
+
+    def gather_positions(self, own: Mapping[int, int], partitions: int) -> dict[int, int]:
+        """Per partition, the position held by the worker that owns it (all workers' union)."""
+        return dict(own)
+
+
+class MultiWorkers(Workers):
+    """Several processes under MultiWorkerMirroredStrategy; see the module docstring."""
+
+    def __init__(self, addresses: list[str], index: int, cfg: ClusterConfig) -> None:
+        super().__init__()
+        self.index = index
+        self.count = len(addresses)
+        self.addresses = addresses
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": addresses}), task_type="worker", task_id=index, rpc_layer="grpc")
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+            timeout_seconds=cfg.peer_timeout_s)
+        # Blocks until every worker has joined the coordination service.
+        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                                   communication_options=options)
+        strategy = self.strategy
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+        def all_sum(values: tf.Tensor) -> tf.Tensor:
+            def replica(v: tf.Tensor) -> tf.Tensor:
+                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v)
+
+            return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
+
+        self._all_sum = all_sum
+        self._step_fn: Any = None
+
+    def compile_step(self, replica_step: StepFn, image_size: int) -> None:
+        strategy = self.strategy
+
+        @tf.function(input_signature=input_signature(image_size))
+        def step(image: tf.Tensor, mask: tf.Tensor, weight: tf.Tensor, fresh: tf.Tensor,
+                 total_weight: tf.Tensor) -> dict[str, tf.Tensor]:
+            out = strategy.run(replica_step, args=(image, mask, weight, fresh, total_weight))
+            return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
+
+        self._step = step
+
+    def step(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray, fresh: np.ndarray,
+             total_weight: float) -> dict[str, np.ndarray]:
+        try:
+            return super().step(image, mask, weight, fresh, total_weight)
+        except tf.errors.OpError as exc:
+            raise self._lost(exc) from exc
+
+    def vote(self, ballot: np.ndarray) -> np.ndarray:
+        t0 = time.monotonic()
+        result = self.sum_vector(ballot)
+        metrics.COLLECTIVE_SECONDS.observe(time.monotonic() - t0)
+        return result
+
+    def sum_vector(self, values: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self._all_sum(tf.constant(values, tf.int64)).numpy())
+        except tf.errors.OpError as exc:
+            raise self._lost(exc) from exc
+
+    def broadcast_json(self, obj: Any) -> Any:
+        data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if self.is_chief else np.zeros(0, np.uint8)
+        length = int(self.sum_vector(np.array([data.size], np.int64))[0])
+        padded = np.zeros(length, np.int64)
+        padded[:data.size] = data
+        return json.loads(self.sum_vector(padded).astype(np.uint8).tobytes().decode())
+
+    def broadcast_variables(self, variables: list[tf.Variable]) -> None:
+        strategy = self.strategy
+        chief = 1.0 if self.is_chief else 0.0
+
+        @tf.function
+        def gather() -> list[tf.Tensor]:
+            def replica() -> list[tf.Tensor]:
+                ctx = tf.distribute.get_replica_context()
+                # Masked sum: the chief's values plus zeros from everyone else.
+                masked = [v.read_value() * tf.cast(chief, v.dtype) for v in variables]
+                return ctx.all_reduce(tf.distribute.ReduceOp.SUM, masked)
+
+            return [strategy.experimental_local_results(t)[0] for t in strategy.run(replica)]
+
+        try:
+            values = gather()
+        except tf.errors.OpError as exc:
+            raise self._lost(exc) from exc
+        for var, value in zip(variables, values, strict=True):
+            var.assign(value)
+
+    def gather_positions(self, own: Mapping[int, int], partitions: int) -> dict[int, int]:
+        # Two vectors in one sum: which worker owns a partition (count) and its position.
+        vec = np.zeros(2 * partitions, np.int64)
+        for p, offset in own.items():
+            if p < partitions:
+                vec[p] = 1
+                vec[partitions + p] = offset
+        summed = self.sum_vector(vec)
+        return {p: int(summed[partitions + p]) for p in range(partitions) if summed[p] > 0}
+
+    def _lost(self, exc: tf.errors.OpError) -> PeerLostError:
+        text = str(exc.message)
+        task = re.search(r"/job:worker/(?:replica:\d+/)?task:(\d+)", text)
+        who = "a peer worker"
+        if task and int(task.group(1)) != self.index:
+            i = int(task.group(1))
+            who = f"worker {i} ({self.addresses[i]})"
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        msg = (f"lost {who}: a collective operation failed ({type(exc).__name__}: {first}); every worker stops, "
+               f"restart the whole job (it resumes from the last checkpoint)")
+        return PeerLostError(msg)
+
+
+def make_workers(cfg: ClusterConfig) -> Workers:
+    """The workers of this job, from ``trainer.cluster`` (or TF_CONFIG); build before any other TF op."""
+    addresses, index = cluster_from_env(cfg)
+    if len(addresses) <= 1:
+        return Workers()
+    log.info("worker %d of %d (%s); waiting for every worker to join", index, len(addresses), addresses[index])
+    workers = MultiWorkers(addresses, index, cfg)
+    log.info("all %d workers joined", len(addresses))
+    return workers
