@@ -203,8 +203,11 @@ class SavedState:
 def read_state(checkpoint_dir: str | Path) -> SavedState | None:
     """The newest checkpoint's state, for operators (``stream-trainer inspect``) and tests."""
     path = tf.train.latest_checkpoint(str(checkpoint_dir))
-    if path is None:
-        return None
+    return None if path is None else read_checkpoint(path)
+
+
+def read_checkpoint(path: str) -> SavedState:
+    """The state of the checkpoint at ``path`` (a prefix such as ``dir/ckpt-120``)."""
     reader = tf.train.load_checkpoint(path)
     data = json.loads(reader.get_tensor(_STATE_KEY) or "{}")
     return SavedState(path=path, step=int(reader.get_tensor(_STEP_KEY)), topic=str(data.get("topic", "")),

@@ -122,10 +122,16 @@ class MultiWorkers(Workers):
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                                    communication_options=options)
         strategy = self.strategy
+        device = strategy.extended.worker_devices[0]
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+        # Traced once per vector length (a handful: the vote, positions, a start-up broadcast):
+        # collectives need static shapes.
+        @tf.function
         def all_sum(values: tf.Tensor) -> tf.Tensor:
             def replica(v: tf.Tensor) -> tf.Tensor:
+                # A collective needs its input placed; a plain tensor in a tf.function is not yet.
+                with tf.device(device):
+                    v = tf.identity(v)
                 return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v)
 
             return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
@@ -173,23 +179,29 @@ class MultiWorkers(Workers):
     def broadcast_variables(self, variables: list[tf.Variable]) -> None:
         strategy = self.strategy
         chief = 1.0 if self.is_chief else 0.0
+        # One all-reduce per dtype: a collective packs its tensors into one buffer of one type.
+        groups: dict[tf.DType, list[int]] = {}
+        for i, v in enumerate(variables):
+            groups.setdefault(v.dtype, []).append(i)
 
         @tf.function
-        def gather() -> list[tf.Tensor]:
-            def replica() -> list[tf.Tensor]:
+        def gather() -> list[list[tf.Tensor]]:
+            def replica() -> list[list[tf.Tensor]]:
                 ctx = tf.distribute.get_replica_context()
                 # Masked sum: the chief's values plus zeros from everyone else.
-                masked = [v.read_value() * tf.cast(chief, v.dtype) for v in variables]
-                return ctx.all_reduce(tf.distribute.ReduceOp.SUM, masked)
+                return [ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                       [tf.convert_to_tensor(variables[i]) * tf.cast(chief, dtype) for i in idx])
+                        for dtype, idx in groups.items()]
 
-            return [strategy.experimental_local_results(t)[0] for t in strategy.run(replica)]
+            return [[strategy.experimental_local_results(t)[0] for t in group] for group in strategy.run(replica)]
 
         try:
             values = gather()
         except tf.errors.OpError as exc:
             raise self._lost(exc) from exc
-        for var, value in zip(variables, values, strict=True):
-            var.assign(value)
+        for idx, group in zip(groups.values(), values, strict=True):
+            for i, value in zip(idx, group, strict=True):
+                variables[i].assign(value)
 
     def gather_positions(self, own: Mapping[int, int], partitions: int) -> dict[int, int]:
         # Two vectors in one sum: which worker owns a partition (count) and its position.

@@ -43,9 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BATCH = 4
 SHUFFLE = 8
 CHECKPOINT_EVERY = 5
-# Variables inside the trainer's TensorFlow checkpoint (see stream_trainer/checkpoint.py).
-_POSITIONS_KEY = "kafka_positions/.ATTRIBUTES/VARIABLE_VALUE"
-_STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -270,24 +267,19 @@ class SavedCheckpoint:
 
 def latest_checkpoint(directory: Path, attempts: int = 5) -> SavedCheckpoint | None:
     """The newest checkpoint TensorFlow would restore from ``directory`` (read-only), or None."""
-    import json
-
     import tensorflow as tf
 
+    from stream_trainer.checkpoint import read_state
+
     for attempt in range(attempts):
-        path = tf.train.latest_checkpoint(str(directory))
-        if path is None:
-            return None
         try:
-            reader = tf.train.load_checkpoint(path)
-            saved = json.loads(reader.get_tensor(_POSITIONS_KEY).decode() or "{}")
-            step = int(reader.get_tensor(_STEP_KEY))
+            state = read_state(directory)
         except (tf.errors.OpError, ValueError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2)  # a running trainer swept it away between the two reads
             continue
-        return SavedCheckpoint(path, step, {int(p): int(o) for p, o in saved.get("next_offsets", {}).items()})
+        return None if state is None else SavedCheckpoint(state.path, state.step, state.offsets)
     return None
 
 

@@ -22,7 +22,6 @@ offsets pass what that checkpoint holds; after the repair it must save and commi
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import subprocess
@@ -44,6 +43,8 @@ from faultlib import (
     read_trained,
     scrape,
 )
+
+from stream_trainer.checkpoint import read_checkpoint
 
 # Smaller than a checkpoint's data file (~110 KB for the test model), larger than the index file.
 FULL_DISK_BYTES = 16 * 1024
@@ -209,10 +210,8 @@ def _train_until_checkpoints(rig: Rig, run: str, count: int) -> tuple[Program, P
     trainer.kill()
     saved = []
     for path in listed():
-        reader = tf.train.load_checkpoint(path)
-        positions = json.loads(reader.get_tensor("kafka_positions/.ATTRIBUTES/VARIABLE_VALUE").decode())
-        saved.append(SavedCheckpoint(path, int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")),
-                                     {int(p): int(o) for p, o in positions["next_offsets"].items()}))
+        state = read_checkpoint(path)
+        saved.append(SavedCheckpoint(path, state.step, state.offsets))
     return producer, trainer, saved
 
 
