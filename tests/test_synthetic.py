@@ -134,9 +134,12 @@ def test_phase_stream_is_deterministic_per_seed_and_a_phase_does_not_depend_on_t
     other = list(_source([A, B], seed=5).iterate(1, shuffle=True, include_test=False))
     assert first == again
     assert [r.image for r in first] != [r.image for r in other]
-    # Seeded by name: b's images are the same whether a comes before it or not.
+    # Seeded by name: b's images are the same whether a comes before it or not, and a phase that
+    # looks like a under another name is a different set of images.
     alone = list(_source([B], seed=4).iterate(1, shuffle=False, include_test=False))
     assert sorted(alone, key=lambda r: r.image_id) == sorted(first[8:], key=lambda r: r.image_id)
+    twin = list(_source([SyntheticPhaseConfig(name="twin", images=8)], seed=4).iterate(1, False, False))
+    assert not {r.image for r in twin} & {r.image for r in first[:8]}
 
 
 def test_no_phases_is_the_phase_less_stream() -> None:
