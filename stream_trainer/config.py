@@ -51,16 +51,39 @@ class MetricsConfig:
     port: int = 9100  # 0 disables the endpoint
 
 
+# The looks a synthetic phase can take (producer/sources/synthetic.py draws each).
+SYNTHETIC_SHAPES = ("blob", "box", "star")
+SYNTHETIC_PET_COLOURS = ("warm", "cool", "green")
+SYNTHETIC_BACKGROUNDS = ("cool-noise", "cool-stripes", "warm-noise", "warm-stripes")
+# A phase name becomes part of image ids and of the wire ``source`` tag (``synthetic:phase=NAME``),
+# so it must not contain the tag's separators.
+SYNTHETIC_PHASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
+class SyntheticPhaseConfig:
+    """One stretch of a drifting synthetic stream; the defaults are the phase-less look."""
+
+    name: str = ""
+    images: int = 0  # generated per pass; eval_fraction of them go to the eval topic
+    shape: str = "blob"  # blob | box | star
+    pet_colour: str = "warm"  # warm | cool | green (saturated)
+    background: str = "cool-noise"  # cool-noise | cool-stripes | warm-noise | warm-stripes
+
+
 @dataclass(frozen=True)
 class ProducerSourceConfig:
     kind: str = "synthetic"  # synthetic | dir | tfds
     path: str = ""  # dir: the folder holding images/ and annotations/trimaps/
-    count: int = 200  # synthetic: images per split-less pass
+    count: int = 200  # synthetic: images per split-less pass (unused when phases are set)
     seed: int = 0
     eval_fraction: float = 0.1  # synthetic (and dir without split lists): share sent to the eval topic
     min_size: int = 160  # synthetic image side range, in pixels
     max_size: int = 320
     jpeg_quality: int = 90
+    # synthetic: a drifting stream. Each pass sends every phase in order (phase 1's train images,
+    # then phase 2's, ...), so passes > 1 cycle back to the first phase; empty = one look, count images.
+    phases: list[SyntheticPhaseConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -239,6 +262,7 @@ class Settings:
             (0 <= self.trainer.metrics.port < 65536, "trainer.metrics.port", "must be a TCP port or 0"),
             (0 <= self.producer.metrics.port < 65536, "producer.metrics.port", "must be a TCP port or 0"),
         ]
+        checks += _phase_checks(self.producer.source)
         for ok, key, rule in checks:
             if not ok:
                 msg = f"config key '{key}' {rule}"
@@ -256,6 +280,28 @@ _MOVED = {
     "trainer.source.worker_index": "trainer.cluster.index",
     "trainer.source.worker_count": "trainer.cluster.workers (one host:port per worker)",
 }
+
+def _phase_checks(source: ProducerSourceConfig) -> list[tuple[bool, str, str]]:
+    """The rules for ``producer.source.phases``, one (ok, key, rule) per field of each phase."""
+    key = "producer.source.phases"
+    checks = [(not source.phases or source.kind == "synthetic", key, "is only for producer.source.kind synthetic")]
+    names: set[str] = set()
+    for i, phase in enumerate(source.phases):
+        at = f"{key}[{i}]"
+        checks += [
+            (SYNTHETIC_PHASE_NAME.fullmatch(phase.name) is not None, f"{at}.name",
+             f"must be 1-32 letters, digits, '_' or '-', starting with a letter or digit, got {phase.name!r}"),
+            (phase.name not in names, f"{at}.name", f"repeats {phase.name!r}: phase names must be unique"),
+            (phase.images >= 1, f"{at}.images", "must be >= 1"),
+            (phase.shape in SYNTHETIC_SHAPES, f"{at}.shape", f"must be one of {', '.join(SYNTHETIC_SHAPES)}"),
+            (phase.pet_colour in SYNTHETIC_PET_COLOURS, f"{at}.pet_colour",
+             f"must be one of {', '.join(SYNTHETIC_PET_COLOURS)}"),
+            (phase.background in SYNTHETIC_BACKGROUNDS, f"{at}.background",
+             f"must be one of {', '.join(SYNTHETIC_BACKGROUNDS)}"),
+        ]
+        names.add(phase.name)
+    return checks
+
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -74,3 +74,14 @@ def decode(value: bytes) -> tuple[PetRecord, int]:
     )
     ts = f[PRODUCE_TS_KEY].int64_list.value[0] if PRODUCE_TS_KEY in f else 0
     return record, int(ts)
+
+
+# A record that belongs to one phase of a drifting stream says so in its source value:
+# "ORIGIN:phase=NAME" (e.g. "synthetic:phase=b"). Consumers select one phase's eval images by it.
+PHASE_TAG = ":phase="
+
+
+def phase_of(source: str) -> str:
+    """The phase named in a ``source`` value (``synthetic:phase=b`` -> ``b``); "" when it names none."""
+    _, tagged, phase = source.partition(PHASE_TAG)
+    return phase if tagged else ""

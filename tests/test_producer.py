@@ -246,3 +246,29 @@ def test_palette_trimaps_are_sent_as_single_channel_png_with_the_same_values(tmp
     mask = Image.open(io.BytesIO(record.mask))
     assert mask.mode == "L"
     assert np.array_equal(np.asarray(mask), values)
+
+
+def test_phases_tag_train_and_eval_messages_and_switch_in_stream_order(kafka_config: KafkaConfig) -> None:
+    # One partition, so the topic keeps the send order; eval_fraction 0.25: a = 6 train + 2 eval,
+    # b = 3 train + 1 eval. Two passes: a, b, a, b in the train topic; every eval image once.
+    phases = [{"name": "a", "images": 8},
+              {"name": "b", "images": 4, "shape": "box", "pet_colour": "cool", "background": "warm-stripes"}]
+    settings = make_settings(kafka_config, {"producer.source.phases": phases, "producer.source.eval_fraction": 0.25,
+                                              "producer.passes": 2, "topics.partitions": 1})
+    summary = app.run(settings)
+    assert (summary.sent, summary.failed, summary.eval_sent) == (2 * 9 + 3, 0, 3)
+
+    by_phase = {p.name: p for p in settings.producer.source.phases}
+    train = [wire.decode(v)[0] for _, v in consume_all(kafka_config, settings.topics.train, 18)]
+    evals = [wire.decode(v)[0] for _, v in consume_all(kafka_config, settings.topics.eval, 3)]
+    assert [r.source for r in train] == (["synthetic:phase=a"] * 6 + ["synthetic:phase=b"] * 3) * 2
+    assert sorted((r.source, r.image_id) for r in evals) == [
+        ("synthetic:phase=a", "synthetic_a_000003"), ("synthetic:phase=a", "synthetic_a_000007"),
+        ("synthetic:phase=b", "synthetic_b_000003")]
+    assert {r.split for r in train} == {"train"} and {r.split for r in evals} == {"test"}
+    for record in train + evals:
+        index = int(record.image_id.rsplit("_", 1)[1])
+        assert record == synthetic.make_record(index, min_size=64, max_size=96, eval_fraction=0.25,
+                                               phase=by_phase[wire.phase_of(record.source)])
+    # How a consumer picks one phase's eval set out of the shared eval topic.
+    assert [r.image_id for r in evals if wire.phase_of(r.source) == "b"] == ["synthetic_b_000003"]
