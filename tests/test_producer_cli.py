@@ -135,8 +135,9 @@ def test_dataset_folder_without_trimaps_is_a_one_line_error_naming_the_missing_f
     missing = "annotations/" if present == ["images"] else "annotations/trimaps/"
     start = time.monotonic()
     # A real broker and one pass: without the check this run "succeeds", sending nothing.
-    proc = subprocess.run(_cli("--source", "dir", "--path", str(tmp_path), "--bootstrap", kafka_config.bootstrap_servers,
-                               "--topic", f"cli-{uuid.uuid4().hex[:10]}", "--passes", "1", "--metrics-port", "0"),
+    topic = f"cli-{uuid.uuid4().hex[:10]}"
+    proc = subprocess.run(_cli("--source", "dir", "--path", str(tmp_path), "--passes", "1", "--metrics-port", "0",
+                               "--bootstrap", kafka_config.bootstrap_servers, "--topic", topic),
                           cwd=ROOT, env=_env(), capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

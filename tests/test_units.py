@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,21 +143,26 @@ _COLOURS = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
 _GRAYS = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
-def _example(mask: bytes = b"", **features: object) -> bytes:
-    """A version-1 Example built with the raw protobuf API; ``features`` replace or add fields."""
+def _example(mask: bytes = b"", **features: Any) -> bytes:
+    """A version-1 Example built with the raw protobuf API; ``features`` replace or add fields.
+
+    A feature's value is a list of ints or bytes, ``(list kind, values)`` for an explicit (maybe
+    empty) list, or None to leave the feature out.
+    """
     ex = example_pb2.Example()
-    fields: dict[str, object] = {wire.VERSION_KEY: [1], wire.IMAGE_KEY: [_IMAGE], wire.MASK_KEY: [mask or _png(_TRIMAP)]}
+    fields: dict[str, Any] = {wire.VERSION_KEY: [1], wire.IMAGE_KEY: [_IMAGE],
+                              wire.MASK_KEY: [mask or _png(_TRIMAP)]}
     fields.update({k.replace("__", "/"): v for k, v in features.items()})
     for key, values in fields.items():
         if values is None:
             continue
         feature = ex.features.feature[key]
-        if isinstance(values, tuple):  # (kind, values): an explicit list kind, possibly empty
+        if isinstance(values, tuple):
             kind, values = values
             getattr(feature, kind).SetInParent()
             getattr(feature, kind).value.extend(values)
         else:
-            for v in values:  # type: ignore[attr-defined]
+            for v in values:
                 (feature.int64_list if isinstance(v, int) else feature.bytes_list).value.append(v)
     return bytes(ex.SerializeToString())
 
@@ -192,16 +198,19 @@ def test_mask_format_is_read_from_the_png_header() -> None:
 
 @pytest.mark.parametrize(("features", "detail"), [
     ({"image__encoded": [5]}, "feature 'image/encoded' must hold exactly one bytes value; found an int64 list"),
-    ({"image__encoded": [_IMAGE, _IMAGE]}, "feature 'image/encoded' must hold exactly one bytes value; found 2 bytes values"),
-    ({"mask__encoded": ("bytes_list", [])}, "feature 'mask/encoded' must hold exactly one bytes value; found 0 bytes values"),
+    ({"image__encoded": [_IMAGE, _IMAGE]},
+     "feature 'image/encoded' must hold exactly one bytes value; found 2 bytes values"),
+    ({"mask__encoded": ("bytes_list", [])},
+     "feature 'mask/encoded' must hold exactly one bytes value; found 0 bytes values"),
     ({"format_version": [b"1"]}, "feature 'format_version' must hold exactly one int64 value; found a bytes list"),
-    ({"format_version": ("float_list", [1.0])}, "feature 'format_version' must hold exactly one int64 value; found a float list"),
+    ({"format_version": ("float_list", [1.0])},
+     "feature 'format_version' must hold exactly one int64 value; found a float list"),
     ({"produce_ts_ms": [b"now"]}, "optional feature 'produce_ts_ms', when present, must hold exactly one int64 value; "
                                   "found a bytes list"),
     ({"produce_ts_ms": [1, 2]}, "optional feature 'produce_ts_ms', when present, must hold exactly one int64 value; "
                                 "found 2 int64 values"),
 ])
-def test_a_field_of_the_wrong_type_or_count_is_field_type(features: dict[str, object], detail: str) -> None:
+def test_a_field_of_the_wrong_type_or_count_is_field_type(features: dict[str, Any], detail: str) -> None:
     value = _example(**features)
     verdict = poison.classify(value)
     assert verdict == poison.Verdict("field_type", detail)
@@ -211,7 +220,8 @@ def test_a_field_of_the_wrong_type_or_count_is_field_type(features: dict[str, ob
 
 def test_only_an_absent_required_field_is_missing_field() -> None:
     verdict = poison.classify(_example(image__encoded=None))
-    assert verdict == poison.Verdict("missing_field", "required feature 'image/encoded' (bytes_list with one value) is missing")
+    assert verdict == poison.Verdict("missing_field",
+                                     "required feature 'image/encoded' (bytes_list with one value) is missing")
     # A feature entry without any list is what TensorFlow's parser also treats as absent.
     ex = example_pb2.Example.FromString(_example())
     ex.features.feature[wire.MASK_KEY].Clear()
@@ -224,7 +234,8 @@ def test_only_an_absent_required_field_is_missing_field() -> None:
 
 def test_a_mask_that_is_not_a_png_file_is_mask_decode() -> None:
     verdict = poison.classify(_example(_jpeg(np.repeat(_TRIMAP[..., None], 3, -1))))
-    assert verdict == poison.Verdict("mask_decode", "mask is not a PNG file (it is a JPEG file); the contract needs a PNG")
+    assert verdict == poison.Verdict("mask_decode",
+                                     "mask is not a PNG file (it is a JPEG file); the contract needs a PNG")
     truncated = poison.classify(_example(_png(_TRIMAP)[:60]))
     assert truncated.reason == "mask_decode" and "PNG (60 bytes) that does not decode" in truncated.detail
 
