@@ -14,11 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# java, mvn and prometheus come from the OS; install them when missing and we are allowed to.
-# The Debian prometheus package starts a service on :9090; the tests run their own, so stop it.
+# What the tests run comes from the OS; install it when missing and we are allowed to: java and
+# mvn (the local broker), prometheus and promtool (one package; tests/test_observability.py), npm
+# (it fetches the Compose schema once for the same tests). The Debian prometheus package starts a
+# service on :9090; the tests run their own, so stop it.
 SYSTEM_PKGS = $(if $(shell command -v java),,openjdk-17-jre-headless) \
               $(if $(shell command -v mvn),,maven) \
-              $(if $(shell command -v promtool),,prometheus)
+              $(if $(and $(shell command -v promtool),$(shell command -v prometheus)),,prometheus) \
+              $(if $(shell command -v npm),,npm)
 system-deps:
 	@if [ -n "$(strip $(SYSTEM_PKGS))" ]; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \

@@ -1,8 +1,9 @@
 """``pet-producer``: replay pet images into Kafka. Argument parsing and wiring, nothing else.
 
 Progress goes to stderr every ~2 s; the final ``summary sent=N failed=N skipped=N ...`` line goes
-to stdout. Errors a person can fix (bad config, unreachable broker) print one line
-``pet-producer: error: ...`` and exit 1. SIGTERM/SIGINT stop producing, flush and exit 0.
+to stdout. Errors a person can fix (bad config or input folder, unreachable broker, a taken
+metrics port) print one line ``pet-producer: error: ...`` and exit 2, as ``stream-trainer`` and
+argparse do. SIGTERM/SIGINT stop producing, flush and exit 0.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from stream_trainer import config
 from stream_trainer.errors import StreamTrainerError
 
 PROG = "pet-producer"
+EXIT_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,12 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = config.load(args.config, _overrides(args))
         summary = app.run(settings, handle_signals=True, limit=args.limit)
-    except StreamTrainerError as exc:
+    except (StreamTrainerError, OSError) as exc:  # OSError: e.g. the metrics port is taken
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. the metrics port is taken
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(summary.line(), flush=True)
     return 0
 

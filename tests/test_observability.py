@@ -4,7 +4,8 @@ No Docker engine is needed. The compose file is validated against the Compose Sp
 JSON schema (taken from a registry package, cached), the Prometheus files by the real promtool
 and prometheus, and every dashboard and alert query is run by a real Prometheus, first on an
 empty server (valid PromQL) and then against a running producer and trainer (names exist,
-queries return data).
+queries return data). `make test` installs every program these tests run (prometheus, promtool,
+npm); where one is missing the test fails, saying how to install it, and never skips.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 import pytest
@@ -63,21 +64,21 @@ ALLOWED_LABELS = {"topic", "partition", "reason"}
 GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__range_s": "300"}
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Debian package of each external program these tests run; `make system-deps` (part of `make
+# test`) installs the missing ones.
+TOOL_PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "npm": "npm"}
 
 
-def _unavailable(reason: str) -> None:
-    """A missing tool or download fails in CI (it must be there) and skips on a laptop."""
-    if _in_ci():
-        pytest.fail(reason)
-    pytest.skip(reason)
+def _unavailable(reason: str) -> NoReturn:
+    """A missing tool fails the test, for every user: a skipped check is a check nobody ran."""
+    pytest.fail(reason, pytrace=False)
 
 
-def _tool(name: str) -> str:
+def _tool(name: str, why: str = "") -> str:
     path = shutil.which(name)
     if path is None:
-        _unavailable(f"{name} is not installed (`make test` installs it: apt-get install prometheus)")
+        _unavailable(f"{name} is not installed{why}; `make system-deps` (part of `make test`) installs it, "
+                     f"or as root: apt-get install {TOOL_PACKAGES[name]}")
     return str(path)
 
 
@@ -162,19 +163,18 @@ def _compose_schema() -> dict[str, Any]:
     """The Compose Specification JSON schema from ``SCHEMA_PACKAGE``, downloaded once and cached."""
     cached = _cache_root() / "compose-spec" / SCHEMA_PACKAGE.replace("@", "-") / "compose.schema.json"
     if not cached.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            _unavailable(f"npm is needed once to download the Compose schema ({SCHEMA_PACKAGE})")
+        npm = _tool("npm", f" (it downloads the Compose schema once: npm pack {SCHEMA_PACKAGE})")
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                proc = subprocess.run([str(npm), "pack", SCHEMA_PACKAGE, "--pack-destination", tmp, "--silent"],
+                proc = subprocess.run([npm, "pack", SCHEMA_PACKAGE, "--pack-destination", tmp, "--silent"],
                                       capture_output=True, text=True, timeout=180, cwd=tmp)
             except subprocess.TimeoutExpired:
                 proc = None
             tarballs = list(Path(tmp).glob("*.tgz"))
             if proc is None or proc.returncode != 0 or not tarballs:
                 detail = "timed out" if proc is None else (proc.stderr.strip()[-500:] or f"exit {proc.returncode}")
-                _unavailable(f"cannot download the Compose schema with `npm pack {SCHEMA_PACKAGE}`: {detail}")
+                _unavailable(f"cannot download the Compose schema with `npm pack {SCHEMA_PACKAGE}` (the npm "
+                             f"registry is needed once; the schema is then cached in {cached.parent}): {detail}")
             with tarfile.open(tarballs[0]) as tar:
                 member = tar.extractfile(SCHEMA_MEMBER)
                 assert member is not None, f"{SCHEMA_PACKAGE} no longer ships {SCHEMA_MEMBER}"

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -226,6 +227,92 @@ def test_tfds_source_without_tensorflow_datasets_is_a_one_line_config_error(
     settings = make_settings(kafka_config, {"producer.source.kind": "tfds"})
     with pytest.raises(ConfigError, match="tensorflow_datasets is not installed") as info:
         app.run(settings)
+    assert "\n" not in str(info.value)
+
+
+# name -> (split, list line, RGB colour): breeds and species as in the real lists (class, species, breed id).
+_TFDS_PETS = {"Abyssinian_1": ("train", "1 1 1", (200, 90, 40)), "Bengal_7": ("train", "6 1 2", (40, 160, 90)),
+              "beagle_3": ("train", "5 2 3", (60, 80, 210)), "pug_12": ("train", "26 2 18", (230, 220, 60)),
+              "Sphynx_2": ("test", "34 1 12", (120, 40, 160)), "boxer_9": ("test", "9 2 5", (250, 250, 250))}
+
+
+def _tfds_trimap(index: int, h: int, w: int) -> np.ndarray:
+    """A pet in the upper left, a different size per image: any flip, crop or swap shows."""
+    trimap = np.full((h, w), wire.BACKGROUND, np.uint8)
+    trimap[2: h // 2 + index + 2, 2: w // 2 + 2] = wire.BORDER
+    trimap[4: h // 2 + index, 4: w // 2] = wire.PET
+    return trimap
+
+
+def _build_tfds_pets(data_dir: Path, raw: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A tiny ``oxford_iiit_pet`` in tfds's own on-disk format, written by tfds's real builder.
+
+    The raw files are laid out as the dataset's two archives unpack (images/, annotations/ with
+    trimaps/ and the split lists); only tfds's download step is pointed at them instead of the
+    network, as tfds's own DatasetBuilderTestCase does. Returns name -> (RGB pixels, trimap).
+    """
+    import tensorflow_datasets as tfds
+
+    (raw / "images").mkdir(parents=True)
+    (raw / "annotations" / "trimaps").mkdir(parents=True)
+    pixels = {}
+    lists: dict[str, str] = {"train": "", "test": ""}
+    for i, (name, (split, line, colour)) in enumerate(_TFDS_PETS.items()):
+        h, w = 40 + 4 * i, 56 - 2 * i
+        trimap = _tfds_trimap(i, h, w)
+        # The pet in its colour on a dark background: a flipped or swapped image shows.
+        rgb = np.where(trimap[..., None] == wire.PET, np.array(colour, np.uint8), np.uint8(30)).astype(np.uint8)
+        Image.fromarray(rgb).save(raw / "images" / f"{name}.jpg", quality=95)
+        Image.fromarray(trimap, "L").save(raw / "annotations" / "trimaps" / f"{name}.png")
+        lists[split] += f"{name} {line}\n"
+        pixels[name] = (rgb, trimap)
+    (raw / "annotations" / "trainval.txt").write_text(lists["train"])
+    (raw / "annotations" / "test.txt").write_text(lists["test"])
+
+    builder = tfds.builder("oxford_iiit_pet", data_dir=str(data_dir))
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                           lambda _self, urls: {key: str(raw) for key in urls}):
+        builder.download_and_prepare()
+    return pixels
+
+
+def test_tfds_source_replays_a_prepared_dataset_through_tensorflow_datasets(
+        kafka_config: KafkaConfig, tmp_path: Path) -> None:
+    data_dir = tmp_path / "tensorflow_datasets"
+    pixels = _build_tfds_pets(data_dir, tmp_path / "raw")
+    assert list((data_dir / "oxford_iiit_pet").glob("*/oxford_iiit_pet-train.tfrecord*"))
+    settings = make_settings(kafka_config, {"producer.source.kind": "tfds", "producer.source.path": str(data_dir),
+                                              "producer.source.jpeg_quality": 95})
+
+    summary = app.run(settings)
+
+    assert (summary.sent, summary.eval_sent, summary.failed, summary.skipped) == (6, 2, 0, {})
+    got = consume_all(kafka_config, settings.topics.train, 4) + consume_all(kafka_config, settings.topics.eval, 2)
+    assert sorted(key for key, _ in got) == sorted(_TFDS_PETS)
+    for key, value in got:
+        record, _ = wire.decode(value)
+        rgb, trimap = pixels[key]
+        assert record.image_id == key
+        assert record.split == _TFDS_PETS[key][0]
+        assert record.source == "tfds:oxford_iiit_pet"
+        # The mask survives tfds's PNG round trip exactly, as the 8-bit grayscale PNG the wire needs.
+        assert record.mask[24:26] == b"\x08\x00"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(record.mask))), trimap)
+        # The image is re-encoded as JPEG twice (tfds, then the producer): same size, same picture.
+        image = Image.open(io.BytesIO(record.image))
+        assert (image.format, image.size) == ("JPEG", (rgb.shape[1], rgb.shape[0]))
+        # Luminance: JPEG keeps it at full resolution, so the edges stay sharp there.
+        error = np.abs(np.asarray(image.convert("L"), np.int16) - np.asarray(Image.fromarray(rgb).convert("L"))).mean()
+        assert error < 2, (key, error)
+
+
+def test_tfds_source_without_the_prepared_dataset_names_the_data_dir(tmp_path: Path) -> None:
+    from producer.sources import open_source
+    from stream_trainer.config import ProducerSourceConfig
+    from stream_trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"oxford_iiit_pet is not downloaded in {tmp_path}") as info:
+        open_source(ProducerSourceConfig(kind="tfds", path=str(tmp_path)))
     assert "\n" not in str(info.value)
 
 

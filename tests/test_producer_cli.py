@@ -11,7 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
+from PIL import Image
 
 from stream_trainer.workbench.broker import free_port
 from stream_trainer.config import KafkaConfig
@@ -86,7 +89,7 @@ def test_unreachable_broker_is_one_line_error_and_nonzero_exit(tmp_path: Path) -
     proc = subprocess.run(_cli("--config", str(cfg)), cwd=ROOT, env=_env(), capture_output=True, text=True, check=False,
                           timeout=60)
     elapsed = time.monotonic() - start
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("pet-producer: error: ") and f"127.0.0.1:{port}" in lines[0]
@@ -99,7 +102,7 @@ def test_bootstrap_flag_beats_config_file(tmp_path: Path) -> None:
                                                                "connect_timeout_s": 1}})
     proc = subprocess.run(_cli("--config", str(cfg), "--bootstrap", f"127.0.0.1:{port}", "--metrics-port", "0"),
                           cwd=ROOT, env=_env(), capture_output=True, text=True, check=False, timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr
 
 
@@ -107,7 +110,7 @@ def test_unknown_config_key_is_named_in_a_one_line_error(tmp_path: Path) -> None
     cfg = _write_config(tmp_path / "producer.yaml", {"producer": {"source": {"kind": "synthetic", "cuont": 5}}})
     proc = subprocess.run(_cli("--config", str(cfg)), cwd=ROOT, env=_env(), capture_output=True, text=True, check=False,
                           timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("pet-producer: error: ") and "producer.source.cuont" in lines[0]
@@ -120,3 +123,26 @@ def test_example_config_loads_and_only_configures_the_producer() -> None:
     assert set(data) == {"kafka", "topics", "producer"}
     settings = config.load(ROOT / "configs" / "producer.yaml")
     assert settings.producer.source.kind == "synthetic"
+
+
+@pytest.mark.parametrize("present", [["images"], ["images", "annotations"]])
+def test_dataset_folder_without_trimaps_is_a_one_line_error_naming_the_missing_folder(
+        kafka_config: KafkaConfig, tmp_path: Path, present: list[str]) -> None:
+    for folder in present:
+        (tmp_path / folder).mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 40, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"Cat_{i}.jpg")
+    missing = "annotations/" if present == ["images"] else "annotations/trimaps/"
+    start = time.monotonic()
+    # A real broker and one pass: without the check this run "succeeds", sending nothing.
+    topic = f"cli-{uuid.uuid4().hex[:10]}"
+    proc = subprocess.run(_cli("--source", "dir", "--path", str(tmp_path), "--passes", "1", "--metrics-port", "0",
+                               "--bootstrap", kafka_config.bootstrap_servers, "--topic", topic),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"pet-producer: error: config key 'producer.source.path': {tmp_path} has images/ "
+                               f"but no {missing} folder")
+    assert proc.stdout == ""
+    assert time.monotonic() - start < 30, "the folder should be refused before any broker work"

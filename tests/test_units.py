@@ -4,12 +4,15 @@ poison classification and configuration errors."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tensorflow.core.example import example_pb2
 
 from producer.sources.synthetic import make_record
 from stream_trainer import config, pipeline, poison, wire
@@ -112,6 +115,178 @@ def test_empty_and_null_values_are_classified_empty() -> None:
 
 def test_a_good_message_is_not_classified_as_a_known_fault() -> None:
     assert poison.classify(_value()).reason == "unknown"
+
+
+def _png(array: np.ndarray, palette: list[int] | None = None) -> bytes:
+    img = Image.fromarray(array)
+    if palette is not None:
+        img = Image.fromarray(array, "P")
+        img.putpalette(palette)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+_TRIMAP = np.full((40, 40), wire.BACKGROUND, np.uint8)
+_TRIMAP[10:30, 10:30] = wire.BORDER
+_TRIMAP[12:28, 12:28] = wire.PET
+_IMAGE = _jpeg(np.full((40, 40, 3), 120, np.uint8))
+# What Java's ImageIO writes for a TYPE_BYTE_INDEXED image: the class values are palette indices.
+_COLOURS = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]
+# The same indices with gray palette entries 1, 2, 3: decode_png's luminance happens to be the class.
+_GRAYS = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def _example(mask: bytes = b"", **features: Any) -> bytes:
+    """A version-1 Example built with the raw protobuf API; ``features`` replace or add fields.
+
+    A feature's value is a list of ints or bytes, ``(list kind, values)`` for an explicit (maybe
+    empty) list, or None to leave the feature out.
+    """
+    ex = example_pb2.Example()
+    fields: dict[str, Any] = {wire.VERSION_KEY: [1], wire.IMAGE_KEY: [_IMAGE],
+                              wire.MASK_KEY: [mask or _png(_TRIMAP)]}
+    fields.update({k.replace("__", "/"): v for k, v in features.items()})
+    for key, values in fields.items():
+        if values is None:
+            continue
+        feature = ex.features.feature[key]
+        if isinstance(values, tuple):
+            kind, values = values
+            getattr(feature, kind).SetInParent()
+            getattr(feature, kind).value.extend(values)
+        else:
+            for v in values:
+                (feature.int64_list if isinstance(v, int) else feature.bytes_list).value.append(v)
+    return bytes(ex.SerializeToString())
+
+
+MASK_FORMATS = {
+    "palette_colours": (_png(_TRIMAP, _COLOURS), "palette-indexed (colour type 3"),
+    "palette_grays": (_png(_TRIMAP, _GRAYS), "palette-indexed (colour type 3"),
+    "gray_16_bit": (_png(_TRIMAP.astype(np.uint16) * 257), "16-bit grayscale (bit depth 16, colour type 0)"),
+    "gray_alpha": (_png(np.stack([_TRIMAP, np.full_like(_TRIMAP, 255)], -1)),
+                   "8-bit grayscale with alpha (bit depth 8, colour type 4)"),
+    "rgb": (_png(np.repeat(_TRIMAP[..., None], 3, -1)), "8-bit RGB (bit depth 8, colour type 2)"),
+}
+
+
+@pytest.mark.parametrize("name", list(MASK_FORMATS))
+def test_a_mask_png_that_is_not_8_bit_grayscale_is_mask_format(name: str) -> None:
+    mask, found = MASK_FORMATS[name]
+    verdict = poison.classify(_example(mask))
+    assert verdict.reason == "mask_format", verdict
+    assert f"mask PNG is {found}" in verdict.detail
+    assert "the contract needs 8-bit grayscale (bit depth 8, colour type 0)" in verdict.detail
+
+
+def test_an_8_bit_grayscale_mask_with_the_class_values_is_not_mask_format() -> None:
+    assert poison.classify(_example(_png(_TRIMAP))).reason == "unknown"
+
+
+def test_mask_format_is_read_from_the_png_header() -> None:
+    mask = bytearray(_png(_TRIMAP))
+    assert mask[:8] == poison.PNG_SIGNATURE and mask[12:16] == b"IHDR"
+    assert (mask[24], mask[25]) == (8, 0)
+
+
+@pytest.mark.parametrize(("features", "detail"), [
+    ({"image__encoded": [5]}, "feature 'image/encoded' must hold exactly one bytes value; found an int64 list"),
+    ({"image__encoded": [_IMAGE, _IMAGE]},
+     "feature 'image/encoded' must hold exactly one bytes value; found 2 bytes values"),
+    ({"mask__encoded": ("bytes_list", [])},
+     "feature 'mask/encoded' must hold exactly one bytes value; found 0 bytes values"),
+    ({"format_version": [b"1"]}, "feature 'format_version' must hold exactly one int64 value; found a bytes list"),
+    ({"format_version": ("float_list", [1.0])},
+     "feature 'format_version' must hold exactly one int64 value; found a float list"),
+    ({"produce_ts_ms": [b"now"]}, "optional feature 'produce_ts_ms', when present, must hold exactly one int64 value; "
+                                  "found a bytes list"),
+    ({"produce_ts_ms": [1, 2]}, "optional feature 'produce_ts_ms', when present, must hold exactly one int64 value; "
+                                "found 2 int64 values"),
+])
+def test_a_field_of_the_wrong_type_or_count_is_field_type(features: dict[str, Any], detail: str) -> None:
+    value = _example(**features)
+    verdict = poison.classify(value)
+    assert verdict == poison.Verdict("field_type", detail)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # the trainer rejects it too
+        pipeline.decode_example(tf.constant(value), 16)
+
+
+def test_only_an_absent_required_field_is_missing_field() -> None:
+    verdict = poison.classify(_example(image__encoded=None))
+    assert verdict == poison.Verdict("missing_field",
+                                     "required feature 'image/encoded' (bytes_list with one value) is missing")
+    # A feature entry without any list is what TensorFlow's parser also treats as absent.
+    ex = example_pb2.Example.FromString(_example())
+    ex.features.feature[wire.MASK_KEY].Clear()
+    assert poison.classify(ex.SerializeToString()).reason == "missing_field"
+    # Optional features may be absent, or present without a list.
+    ex.features.feature[wire.MASK_KEY].bytes_list.value.append(_png(_TRIMAP))
+    ex.features.feature[wire.PRODUCE_TS_KEY].Clear()
+    assert poison.classify(ex.SerializeToString()).reason == "unknown"
+
+
+def test_a_mask_that_is_not_a_png_file_is_mask_decode() -> None:
+    verdict = poison.classify(_example(_jpeg(np.repeat(_TRIMAP[..., None], 3, -1))))
+    assert verdict == poison.Verdict("mask_decode",
+                                     "mask is not a PNG file (it is a JPEG file); the contract needs a PNG")
+    truncated = poison.classify(_example(_png(_TRIMAP)[:60]))
+    assert truncated.reason == "mask_decode" and "PNG (60 bytes) that does not decode" in truncated.detail
+
+
+def test_details_are_sentences_without_tensorflow_internals() -> None:
+    values = {**poison_messages(), "unknown_format": _example(image__encoded=[b"RIFF nope " * 5]),
+              "png_image": _example(image__encoded=[_png(np.zeros((40, 40, 3), np.uint8))[:70]]),
+              **{f"mask_format_{k}": _example(m) for k, (m, _) in MASK_FORMATS.items()}}
+    for name, value in values.items():
+        detail = poison.classify(value).detail
+        assert detail and len(detail) <= poison.DETAIL_MAX_CHARS, (name, detail)
+        assert not re.search(r"\{\{|function_node|__wrapped__|\[Op:|Traceback|device:CPU|\n", detail), (name, detail)
+    assert poison.classify(poison_messages()["image_decode"]).detail == (
+        "image looks like a JPEG (220 bytes) but does not decode, probably truncated or corrupt "
+        "(Invalid JPEG data or crop window)")
+    assert poison.classify(values["unknown_format"]).detail == (
+        "image is not a JPEG, PNG, GIF or BMP file (it starts with bytes 52 49 46 46)")
+
+
+def test_a_long_detail_is_cut_to_the_limit() -> None:
+    detail = poison._verdict("unknown", "x" * 1000).detail  # noqa: SLF001 - the one place details pass
+    assert len(detail) == poison.DETAIL_MAX_CHARS and detail.endswith("...")
+
+
+def test_every_reason_is_reachable_and_listed_in_order() -> None:
+    assert poison.REASONS == ("empty", "parse", "missing_field", "field_type", "version", "image_decode",
+                              "mask_decode", "mask_format", "shape_mismatch", "mask_values", "unknown")
+    seen = {poison.classify(v).reason for v in [b"", _value(), _example(image__encoded=[5]),
+                                                 *poison_messages().values(), _example(MASK_FORMATS["rgb"][0])]}
+    assert seen == set(poison.REASONS)
+
+
+def test_poison_checks_the_features_the_pipeline_parses() -> None:
+    parsed = {key: (spec.dtype, spec.default_value is None) for key, spec in pipeline._FEATURES.items()}  # noqa: SLF001
+    kinds = {"int64_list": tf.int64, "bytes_list": tf.string}
+    assert {key: (kinds[kind], required) for key, kind, required in poison.FEATURES} == parsed
+
+
+# Today's decoder converts these masks to the class values by luck (gray palette entries, 16-bit
+# values 257 x class, an opaque alpha, gray RGB) and trains them; strict, so the mark must go
+# once the pipeline checks the PNG header.
+_PENDING_PIPELINE_CHECK = pytest.mark.xfail(
+    strict=True, reason="until pipeline.decode_example rejects masks whose PNG header is not 8-bit grayscale "
+                        "(issue 15, pipeline owner); then remove this mark")
+
+
+@pytest.mark.parametrize("name", [n if n == "palette_colours" else pytest.param(n, marks=_PENDING_PIPELINE_CHECK)
+                                  for n in MASK_FORMATS])
+def test_the_pipeline_rejects_every_mask_poison_calls_mask_format(name: str) -> None:
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        pipeline.decode_example(tf.constant(_example(MASK_FORMATS[name][0])), 16)
 
 
 def test_grayscale_png_images_are_accepted() -> None:

@@ -1,5 +1,6 @@
 """The wire format is a contract (docs/wire-format.md): messages built by hand from the document,
-as a Java or Go team would, without our producer or stream_trainer.wire, must train."""
+as a Java or Go team would, without our producer or stream_trainer.wire, must train; one that breaks
+the document's mask rule must land in the dead-letter topic with the headers the document lists."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from PIL import Image
 from tensorflow.core.example import example_pb2
 
@@ -40,6 +41,41 @@ def hand_made_message(i: int) -> bytes:
     return ex.SerializeToString()
 
 
+def palette_mask_message() -> bytes:
+    """A valid image with a palette-indexed trimap (indices 1, 2, 3), as Java's ImageIO writes an
+    indexed image: the document requires 8-bit grayscale, so this is dead-lettered as mask_format."""
+    trimap = np.full((48, 64), 2, np.uint8)
+    trimap[10:38, 12:52] = 1
+    indexed = Image.fromarray(trimap, mode="P")
+    indexed.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    img_buf, mask_buf = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(img_buf, "JPEG")
+    indexed.save(mask_buf, "PNG")
+    assert mask_buf.getvalue()[25] == 3  # IHDR colour type 3: palette
+    ex = example_pb2.Example()
+    f = ex.features.feature
+    f["format_version"].int64_list.value.append(1)
+    f["image/encoded"].bytes_list.value.append(img_buf.getvalue())
+    f["mask/encoded"].bytes_list.value.append(mask_buf.getvalue())
+    return ex.SerializeToString()
+
+
+PALETTE_OFFSET = 3
+
+
+def _dead_letters(bootstrap: str, topic: str, expected: int, timeout_s: float = 15.0) -> list[Message]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        msg = c.poll(0.5)
+        if msg is not None and msg.error() is None:
+            got.append(msg)
+    c.close()
+    return got
+
+
 def test_hand_built_messages_from_the_document_train(kafka_bootstrap: str, tmp_path: Path,
                                                     new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=1)
@@ -47,14 +83,27 @@ def test_hand_built_messages_from_the_document_train(kafka_bootstrap: str, tmp_p
     settings = tiny_settings(kafka_bootstrap, tmp_path, topic, trainer__loop__max_steps=20,
                              trainer__loop__trained_log=str(log))
     p = Producer({"bootstrap.servers": kafka_bootstrap})
+    palette = palette_mask_message()
     for i in range(200):
-        p.produce(topic, key=None if i % 5 == 0 else f"hand-{i}".encode(), value=hand_made_message(i))
+        value = palette if i == PALETTE_OFFSET else hand_made_message(i)
+        p.produce(topic, key=None if i % 5 == 0 else f"hand-{i}".encode(), value=value)
     assert p.flush(10) == 0
     summary = run_trainer(settings)
     assert summary.step == 20
     trained = [line.split() for line in log.read_text().splitlines()]
     assert len(trained) == 20 * 8
     assert len({int(o) for _, o, _ in trained}) == 160
+    assert PALETTE_OFFSET not in {int(o) for _, o, _ in trained}
+
+    # Only the palette mask was rejected, and its record says so in the documented headers.
+    (dead,) = _dead_letters(kafka_bootstrap, settings.topics.dead_letter, expected=1)
+    assert (dead.key(), dead.value()) == (f"hand-{PALETTE_OFFSET}".encode(), palette)
+    headers = {k: v.decode("utf-8") for k, v in dead.headers()}
+    assert headers.keys() == {"dlq.topic", "dlq.partition", "dlq.offset", "dlq.reason", "dlq.detail"}
+    assert headers["dlq.topic"] == topic
+    assert (headers["dlq.partition"], headers["dlq.offset"]) == ("0", str(PALETTE_OFFSET))
+    assert headers["dlq.reason"] == "mask_format", headers["dlq.detail"]
+    assert headers["dlq.detail"].startswith("mask PNG is palette-indexed (colour type 3")
     c = Cluster(settings.kafka)
-    assert c.watermarks(settings.topics.dead_letter, [0])[0].high == 0  # nothing was rejected
+    assert c.watermarks(settings.topics.dead_letter, [0])[0].high == 1
     c.close()

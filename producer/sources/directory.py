@@ -94,6 +94,14 @@ class DirectorySource:
                    f"annotations/trimaps/ (Oxford-IIIT Pet layout), got {config.path!r}")
             raise ConfigError(msg)
         self.trimaps = root / "annotations" / "trimaps"
+        if not self.trimaps.is_dir():
+            # Without trimaps every image would be skipped, one warning each, and the run would
+            # "succeed" having sent nothing: refuse up front instead.
+            missing = "annotations/" if not (root / "annotations").is_dir() else "annotations/trimaps/"
+            msg = (f"config key 'producer.source.path': {config.path} has images/ but no {missing} folder; "
+                   f"the trimaps belong in annotations/trimaps/<name>.png (Oxford-IIIT Pet layout: unpack "
+                   f"annotations.tar.gz next to images/)")
+            raise ConfigError(msg)
         self.splits = read_split_lists(root / "annotations")
         self.images = sorted(p for p in images.iterdir()
                              if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith("."))
