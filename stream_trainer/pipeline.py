@@ -53,12 +53,12 @@ def decode_example(value: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     with tf.control_dependencies([version_ok]):
         image, stored_hw = _decode_image(ex[wire.IMAGE_KEY], image_size)
     mask_bytes = ex[wire.MASK_KEY]
-    # The contract is 8-bit grayscale (IHDR bit depth 8, colour type 0): decode_png would turn a
-    # palette mask into luminance and scale a 16-bit one, both silently wrong labels.
+    # The contract is an 8-bit grayscale PNG (IHDR bit depth 8, colour type 0): decode_png would
+    # turn a palette mask into luminance, scale a 16-bit one and decode a JPEG, all silently
+    # wrong labels.
     is_png = tf.strings.substr(mask_bytes, 0, 8) == _PNG_SIGNATURE
     gray8 = tf.strings.substr(mask_bytes, 24, 2) == _GRAY8
-    format_ok = tf.debugging.Assert(tf.logical_or(tf.logical_not(is_png), gray8),
-                                    ["mask PNG is not 8-bit grayscale"])
+    format_ok = tf.debugging.Assert(tf.logical_and(is_png, gray8), ["mask is not an 8-bit grayscale PNG"])
     with tf.control_dependencies([format_ok]):
         mask = tf.io.decode_png(mask_bytes, channels=1)
     same_size = tf.debugging.assert_equal(

@@ -34,11 +34,7 @@ def make_replica_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         x = tf.cast(image, tf.float32) / 255.0
         y = tf.cast(mask, tf.int32)
         if flip:
-            # One coin per row for image and mask together: a flipped image with an unflipped
-            # mask is a wrong label. Done here, on the step's device, for fresh and replayed rows.
-            coins = tf.random.uniform([tf.shape(x)[0], 1, 1, 1]) < 0.5
-            x = tf.where(coins, tf.reverse(x, [2]), x)
-            y = tf.where(coins, tf.reverse(y, [2]), y)
+            x, y = flip_rows(x, y, tf.random.uniform([tf.shape(x)[0]]) < 0.5)
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
             per_row = tf.reduce_mean(pixel_loss(y, logits), axis=[1, 2])
@@ -62,6 +58,13 @@ def make_replica_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         }
 
     return step
+
+
+def flip_rows(x: tf.Tensor, y: tf.Tensor, coins: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mirror the rows whose coin is True, image and mask together (a flipped image with an
+    unflipped mask is a wrong label); done in the step, on its device, for fresh and replayed rows."""
+    c = coins[:, None, None, None]
+    return tf.where(c, tf.reverse(x, [2]), x), tf.where(c, tf.reverse(y, [2]), y)
 
 
 def _confusion(y: tf.Tensor, pred: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:

@@ -97,6 +97,10 @@ class Workers:
         """The chief's ``obj`` on every worker."""
         return obj
 
+    def gather_json(self, obj: Any) -> list[Any]:
+        """Every worker's ``obj``, in worker order, on every worker."""
+        return [obj]
+
     def broadcast_variables(self, variables: list[tf.Variable]) -> None:
         """Every worker's variables take the chief's values (after the chief restored them)."""
 
@@ -175,6 +179,18 @@ class MultiWorkers(Workers):
         padded = np.zeros(length, np.int64)
         padded[:data.size] = data
         return json.loads(self.sum_vector(padded).astype(np.uint8).tobytes().decode())
+
+    def gather_json(self, obj: Any) -> list[Any]:
+        data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+        sizes = np.zeros(self.count, np.int64)
+        sizes[self.index] = data.size
+        sizes = self.sum_vector(sizes)
+        # Each worker writes its bytes into its own slice of one zero vector; the sum is the union.
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        vec = np.zeros(int(offsets[-1]), np.int64)
+        vec[offsets[self.index]:offsets[self.index + 1]] = data
+        summed = self.sum_vector(vec).astype(np.uint8).tobytes()
+        return [json.loads(summed[offsets[i]:offsets[i + 1]].decode()) for i in range(self.count)]
 
     def broadcast_variables(self, variables: list[tf.Variable]) -> None:
         strategy = self.strategy

@@ -65,41 +65,6 @@ def test_decode_example_resizes_and_maps_trimap_values_to_classes_eagerly() -> N
     assert int(out["produce_ts_ms"]) == 1234
 
 
-def test_decode_inside_tf_data_drops_malformed_messages_and_links_survivors() -> None:
-    bad = list(poison_messages().values())
-    values = [_value(0), bad[0], bad[3], _value(1), b"", _value(2)]
-    raw = tf.data.Dataset.from_tensor_slices({
-        "key": tf.constant([b""] * len(values)), "value": tf.constant(values),
-        "partition": tf.zeros(len(values), tf.int32), "offset": tf.range(100, 100 + len(values), dtype=tf.int64)})
-    got = [(int(e["prev"]), int(e["offset"])) for e in pipeline.decode_stream(raw, tf.constant(100, tf.int64), 32)]
-    assert got == [(99, 100), (100, 103), (103, 105)]
-
-
-def test_random_flip_moves_image_and_mask_together() -> None:
-    image = np.zeros((8, 8, 3), np.uint8)
-    image[:, :4] = 255  # left half bright
-    mask = np.zeros((8, 8, 1), np.uint8)
-    mask[:, :4] = 2  # left half border class
-    elem = {"image": tf.constant(image), "mask": tf.constant(mask)}
-    for _ in range(20):
-        out = pipeline._random_flip(elem)  # noqa: SLF001 - the augmentation op itself
-        bright = out["image"].numpy()[:, :, 0] == 255
-        assert np.array_equal(bright, out["mask"].numpy()[:, :, 0] == 2)
-
-
-def test_train_batches_have_fixed_shapes_and_normalised_images() -> None:
-    values = [_value(i) for i in range(10)]
-    raw = tf.data.Dataset.from_tensor_slices({
-        "key": tf.constant([b""] * 10), "value": tf.constant(values),
-        "partition": tf.zeros(10, tf.int32), "offset": tf.range(10, dtype=tf.int64)})
-    cfg = config.PipelineConfig(image_size=32, batch_size=4, shuffle_buffer=4)
-    batches = list(pipeline.train_batches(pipeline.decode_stream(raw, tf.constant(0, tf.int64), 32), cfg))
-    assert len(batches) == 2  # drop_remainder: static shapes for the compiled step
-    b = batches[0]
-    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == tf.float32
-    assert 0.0 <= float(tf.reduce_min(b["image"])) and float(tf.reduce_max(b["image"])) <= 1.0
-
-
 # -- poison classification ----------------------------------------------------------------------
 
 
@@ -274,16 +239,7 @@ def test_poison_checks_the_features_the_pipeline_parses() -> None:
     assert {key: (kinds[kind], required) for key, kind, required in poison.FEATURES} == parsed
 
 
-# Today's decoder converts these masks to the class values by luck (gray palette entries, 16-bit
-# values 257 x class, an opaque alpha, gray RGB) and trains them; strict, so the mark must go
-# once the pipeline checks the PNG header.
-_PENDING_PIPELINE_CHECK = pytest.mark.xfail(
-    strict=True, reason="until pipeline.decode_example rejects masks whose PNG header is not 8-bit grayscale "
-                        "(issue 15, pipeline owner); then remove this mark")
-
-
-@pytest.mark.parametrize("name", [n if n == "palette_colours" else pytest.param(n, marks=_PENDING_PIPELINE_CHECK)
-                                  for n in MASK_FORMATS])
+@pytest.mark.parametrize("name", list(MASK_FORMATS))
 def test_the_pipeline_rejects_every_mask_poison_calls_mask_format(name: str) -> None:
     with pytest.raises(tf.errors.InvalidArgumentError):
         pipeline.decode_example(tf.constant(_example(MASK_FORMATS[name][0])), 16)
@@ -338,8 +294,13 @@ def test_environment_variables_are_expanded_and_missing_ones_named(tmp_path: Pat
 
 
 def test_cross_field_rules_name_the_key() -> None:
-    with pytest.raises(ConfigError, match="trainer.source.worker_index"):
-        config.load(None, {"trainer.source.worker_count": 2, "trainer.source.worker_index": 2})
+    with pytest.raises(ConfigError, match=r"trainer\.cluster\.index' must be in \[0, 2\)"):
+        config.load(None, {"trainer.cluster.workers": ["a:1", "b:2"], "trainer.cluster.index": 2})
+
+
+def test_a_moved_key_says_where_it_went() -> None:
+    with pytest.raises(ConfigError, match="'trainer.source.worker_index' has moved to trainer.cluster.index"):
+        config.load(None, {"trainer.source.worker_index": 1})
 
 
 def test_shipped_configs_load() -> None:

@@ -207,6 +207,44 @@ class Cluster:
         finally:
             reader.close()
 
+    def read_offsets(self, topic: str, partition: int, offsets: Iterable[int], timeout_s: float = 30.0,
+                     max_gap: int = 200) -> dict[int, Message]:
+        """The messages at ``offsets`` of one partition that still exist, with one consumer.
+
+        Wanted offsets close together are read in one sequential pass; a gap of more than
+        ``max_gap`` messages is skipped with a seek (sparse members of a replay store).
+        """
+        wanted = sorted(set(offsets))
+        if not wanted:
+            return {}
+        reader = Consumer(client_config(
+            self.kafka, **{"group.id": f"{self.group_id}-reread", "enable.auto.commit": False,
+                           "auto.offset.reset": "earliest", "enable.partition.eof": True},
+        ))
+        found: dict[int, Message] = {}
+        try:
+            i = 0
+            deadline = time.monotonic() + timeout_s
+            reader.assign([TopicPartition(topic, partition, wanted[0])])
+            while i < len(wanted) and time.monotonic() < deadline:
+                msg = reader.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        break  # the rest is beyond the log end
+                    continue
+                while i < len(wanted) and wanted[i] < msg.offset():
+                    i += 1  # deleted by retention (or compacted away)
+                if i < len(wanted) and wanted[i] == msg.offset():
+                    found[msg.offset()] = msg
+                    i += 1
+                if i < len(wanted) and wanted[i] - msg.offset() > max_gap:
+                    reader.seek(TopicPartition(topic, partition, wanted[i]))
+        finally:
+            reader.close()
+        return found
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(10)

@@ -1,0 +1,151 @@
+"""The input path without Kafka: inbox -> decode groups -> feeder -> fresh rows -> batches.
+
+Real encoded pets (JPEG + PNG trimaps) and real malformed messages, put into the inbox the way
+the Kafka readers put them; graph-mode shape bugs show here, not only eagerly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from producer.sources.synthetic import make_record
+from stream_trainer import config, pipeline, wire
+from stream_trainer.batcher import Batcher
+from stream_trainer.feeder import Feeder
+from stream_trainer.fresh import FreshRows, Rows
+from stream_trainer.inbox import Inbox
+from stream_trainer.replay import ReplayStore
+from stream_trainer.step import flip_rows
+from tests.test_trainer import poison_messages
+
+SIZE = 32
+
+
+def _value(index: int) -> bytes:
+    return wire.encode(make_record(index, seed=3, min_size=60, max_size=80), 1234)
+
+
+def _put(inbox: Inbox, partition: int, offset: int, value: bytes) -> None:
+    inbox.put(tf.constant(value), tf.constant(partition, tf.int32), tf.constant(offset, tf.int64))
+
+
+def _feed(values: dict[tuple[int, int], bytes], starts: dict[int, int]) -> tuple[FreshRows, Feeder]:
+    inbox = Inbox(64)
+    for (p, o), v in values.items():
+        _put(inbox, p, o, v)
+    inbox.put_end()
+    fresh = FreshRows(capacity=64)
+    feeder = Feeder(pipeline.decoded_groups(inbox, SIZE, group=8), fresh, starts, threading.Event()).start()
+    assert feeder.exhausted.wait(60), feeder.failure
+    return fresh, feeder
+
+
+def test_malformed_messages_are_dropped_and_the_survivors_link_over_the_gap() -> None:
+    bad = list(poison_messages().values())
+    values = {(0, 100): _value(0), (0, 101): bad[0], (0, 102): bad[3], (0, 103): _value(1), (0, 104): b"",
+              (0, 105): _value(2), (1, 7): _value(3), (1, 8): _value(4)}
+    fresh, _ = _feed(values, {0: 100, 1: 7})
+    rows = fresh.take(64)
+    assert rows is not None
+    got = list(zip(rows.partition.tolist(), rows.prev.tolist(), rows.offset.tolist(), strict=True))
+    # Arrival order within each partition; a gap between prev and offset is exactly the dropped ones.
+    assert got == [(0, 99, 100), (0, 100, 103), (0, 103, 105), (1, 6, 7), (1, 7, 8)]
+    assert rows.image.shape == (5, SIZE, SIZE, 3) and rows.image.dtype == np.uint8
+    assert set(np.unique(rows.mask)) <= {0, 1, 2}
+    assert (rows.produce_ts_ms == 1234).all()
+
+
+def test_a_group_is_what_has_arrived_so_nothing_waits_for_later_traffic() -> None:
+    inbox = Inbox(64)
+    fresh = FreshRows(capacity=64)
+    Feeder(pipeline.decoded_groups(inbox, SIZE, group=8), fresh, {0: 0}, threading.Event()).start()
+    _put(inbox, 0, 0, _value(0))
+    # One lone message on an otherwise idle partition comes through on its own.
+    assert fresh.wait(1, time.monotonic() + 30) == 1
+    for o in range(1, 4):
+        _put(inbox, 0, o, _value(o))
+    assert fresh.wait(4, time.monotonic() + 30) == 4
+    rows = fresh.take(10)
+    assert rows is not None and rows.offset.tolist() == [0, 1, 2, 3]
+
+
+def test_decode_parallelism_does_not_depend_on_partitions_and_keeps_order_per_partition() -> None:
+    values = {(0, o): _value(o) for o in range(40)}
+    fresh, _ = _feed(values, {0: 0})
+    rows = fresh.take(64)
+    assert rows is not None and rows.offset.tolist() == list(range(40))
+
+
+def _rows(n: int, start: int = 0, arrived: float | None = None) -> Rows:
+    return Rows(image=np.full((n, SIZE, SIZE, 3), 7, np.uint8), mask=np.ones((n, SIZE, SIZE, 1), np.uint8),
+                partition=np.zeros(n, np.int32), offset=np.arange(start, start + n, dtype=np.int64),
+                prev=np.arange(start - 1, start + n - 1, dtype=np.int64), produce_ts_ms=np.zeros(n, np.int64),
+                nbytes=np.full(n, 100, np.int32), arrived=np.full(n, time.monotonic() if arrived is None else arrived))
+
+
+def _batcher(fresh: FreshRows, replay: ReplayStore | None = None, wait_ms: int = 200, fraction: float = 0.25,
+             batch: int = 8) -> Batcher:
+    p = config.PipelineConfig(image_size=SIZE, batch_size=batch, max_batch_wait_ms=wait_ms)
+    return Batcher(fresh, replay, p, config.ReplayConfig(fraction=fraction), SIZE)
+
+
+def test_a_partial_batch_goes_once_its_oldest_row_waited_max_batch_wait() -> None:
+    fresh = FreshRows(64)
+    fresh.put(_rows(3), threading.Event())
+    t0 = time.monotonic()
+    batch = _batcher(fresh, wait_ms=300).next(wait_s=1.0)
+    waited = time.monotonic() - t0
+    assert batch is not None and batch.n_fresh == 3 and batch.weight.tolist() == [1.0] * 3
+    assert 0.25 <= waited < 1.0
+
+
+def test_without_fresh_rows_there_is_no_batch() -> None:
+    assert _batcher(FreshRows(8)).next(wait_s=0.05) is None
+
+
+def test_replay_fills_the_batch_and_keeps_its_share_when_fresh_rows_could_fill_it() -> None:
+    replay = ReplayStore(capacity_bytes=100 * SIZE * SIZE * 4, image_size=SIZE, seed=1)
+    replay.add(np.zeros((20, SIZE, SIZE, 3), np.uint8), np.zeros((20, SIZE, SIZE, 1), np.uint8),
+               np.zeros(20, np.int32), np.arange(20, dtype=np.int64))
+    fresh = FreshRows(64)
+    batcher = _batcher(fresh, replay, fraction=0.25, batch=8)
+    fresh.put(_rows(2), threading.Event())
+    slow = batcher.next(wait_s=1.0)  # a slow stream: replay fills the rest
+    assert slow is not None and (slow.n_fresh, len(slow.weight)) == (2, 8)
+    assert slow.fresh.tolist() == [True] * 2 + [False] * 6
+    fresh.put(_rows(30, start=2), threading.Event())
+    fast = batcher.next(wait_s=1.0)  # a fast stream: fresh rows stop at the reserve
+    assert fast is not None and (fast.n_fresh, len(fast.weight)) == (6, 8)
+    assert fast.rows is not None and fast.rows.offset.tolist() == list(range(2, 8))  # oldest first
+
+
+def test_a_placeholder_batch_has_zero_weight() -> None:
+    batch = _batcher(FreshRows(8)).placeholder()
+    assert batch.n_rows == 0 and batch.weight.sum() == 0 and batch.image.shape[1:] == (SIZE, SIZE, 3)
+
+
+def test_a_shuffled_batch_takes_overdue_rows_first() -> None:
+    fresh = FreshRows(64)
+    fresh.put(_rows(4, start=0, arrived=time.monotonic() - 10), threading.Event())
+    fresh.put(_rows(20, start=4), threading.Event())
+    rows = fresh.take(6, np.random.default_rng(0), window=24, overdue_s=1.0)
+    assert rows is not None and set(range(4)) <= set(rows.offset.tolist())
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_flip_moves_image_and_mask_together(graph: bool) -> None:
+    x = np.zeros((4, 8, 8, 3), np.float32)
+    x[:, :, :4] = 1.0  # left half bright
+    y = np.zeros((4, 8, 8, 1), np.int32)
+    y[:, :, :4] = 2  # left half border class
+    coins = tf.constant([True, False, True, False])
+    fn = tf.function(flip_rows) if graph else flip_rows
+    fx, fy = fn(tf.constant(x), tf.constant(y), coins)
+    bright = fx.numpy()[..., 0] == 1.0
+    assert np.array_equal(bright, fy.numpy()[..., 0] == 2)
+    assert bright[0, 0, -1] and not bright[1, 0, -1]  # row 0 flipped, row 1 not
