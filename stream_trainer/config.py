@@ -168,6 +168,9 @@ class ModelConfig:
     base_filters: int = 16
     depth: int = 3
     learning_rate: float = 1e-3
+    # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks what this machine runs fastest
+    # without losing accuracy (precision.py says how), resolved once at start.
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,11 @@ class CheckpointConfig:
     every_seconds: float = 60.0
     keep: int = 3
     export_dir: str = "runs/export"
+    # always | improved: with improved, a model whose eval mean IoU is more than export_tolerance
+    # below the last exported one is not exported (checkpoints are written either way).
+    export_policy: str = "always"
+    export_tolerance: float = 0.0
+    export_keep: int = 5  # numbered version directories kept in export_dir
 
 
 @dataclass(frozen=True)
@@ -257,8 +265,15 @@ class Settings:
             (self.trainer.pipeline.shuffle_buffer >= 0, "trainer.pipeline.shuffle_buffer", "must be >= 0"),
             (self.trainer.model.depth >= 1, "trainer.model.depth", "must be >= 1"),
             (self.trainer.model.base_filters >= 1, "trainer.model.base_filters", "must be >= 1"),
+            (self.trainer.model.precision in {"auto", "float32", "mixed_bfloat16", "mixed_float16"},
+             "trainer.model.precision", "must be one of auto, float32, mixed_bfloat16, mixed_float16"),
             (self.trainer.checkpoint.keep >= 1, "trainer.checkpoint.keep", "must be >= 1"),
             (self.trainer.checkpoint.every_steps >= 0, "trainer.checkpoint.every_steps", "must be >= 0"),
+            (self.trainer.checkpoint.export_policy in {"always", "improved"}, "trainer.checkpoint.export_policy",
+             "must be always or improved"),
+            (0 <= self.trainer.checkpoint.export_tolerance <= 1, "trainer.checkpoint.export_tolerance",
+             "must be in [0, 1] (a mean IoU difference)"),
+            (self.trainer.checkpoint.export_keep >= 1, "trainer.checkpoint.export_keep", "must be >= 1"),
             (0 <= self.trainer.metrics.port < 65536, "trainer.metrics.port", "must be a TCP port or 0"),
             (0 <= self.producer.metrics.port < 65536, "producer.metrics.port", "must be a TCP port or 0"),
         ]

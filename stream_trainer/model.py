@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from stream_trainer import precision
 from stream_trainer.config import ModelConfig
 from stream_trainer.wire import NUM_CLASSES
 
@@ -21,7 +22,9 @@ def conv_block(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
 def build_unet(image_size: int, cfg: ModelConfig) -> keras.Model:
     """U-Net with ``cfg.depth`` down/up levels; filters double per level from ``base_filters``.
 
-    Output: per-pixel logits for pet / background / border (softmax lives in the loss).
+    Output: per-pixel float32 logits for pet / background / border (softmax lives in the loss).
+    Layers compute in the global Keras dtype policy (``precision.apply``); the last one always
+    in float32, so that the loss and the argmax see exact logits under mixed precision.
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
@@ -35,9 +38,10 @@ def build_unet(image_size: int, cfg: ModelConfig) -> keras.Model:
         x = layers.Conv2DTranspose(cfg.base_filters * 2**level, 2, strides=2, padding="same")(x)
         x = layers.Concatenate()([x, skips[level]])
         x = conv_block(x, cfg.base_filters * 2**level)
-    logits = layers.Conv2D(NUM_CLASSES, 1, name="logits")(x)
+    logits = layers.Conv2D(NUM_CLASSES, 1, name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name="unet")
 
 
 def build_optimizer(cfg: ModelConfig) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+    """Adam, loss-scaled when the global policy is mixed_float16 (see ``precision.build_optimizer``)."""
+    return precision.build_optimizer(cfg)
