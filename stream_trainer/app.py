@@ -9,23 +9,28 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from stream_trainer import metrics
+import keras
+
+from stream_trainer import metrics, precision
 from stream_trainer.batcher import Batcher
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.committer import Committer
-from stream_trainer.config import Settings
+from stream_trainer.config import CheckpointConfig, Settings
 from stream_trainer.deadletter import DeadLetterWorker
 from stream_trainer.errors import CheckpointError, ConfigError
-from stream_trainer.evaluate import Evaluator, read_eval_messages
+from stream_trainer.evaluate import EvalResult, Evaluator, read_eval_messages
+from stream_trainer.export import Exporter
 from stream_trainer.fresh import FreshRows
 from stream_trainer.inputs import Inputs, start_offsets
 from stream_trainer.kafka import Cluster
 from stream_trainer.loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.model import build_optimizer, build_unet
 from stream_trainer.progress import OffsetTracker
+from stream_trainer.replay import ReplayStore
+from stream_trainer.replay_fetch import restore_store
 from stream_trainer.source import assigned_partitions
 from stream_trainer.step import make_replica_step
 from stream_trainer.workers import Workers, make_workers
@@ -87,6 +92,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     partitions, partition_count = _my_partitions(cluster, settings, workers)
     cluster.ensure_topics({topics.dead_letter: 1}, topics.replication_factor)
 
+    policy = precision.apply(tcfg.model.precision)
     with workers.scope():
         model = build_unet(tcfg.pipeline.image_size, tcfg.model)
         optimizer = build_optimizer(tcfg.model)
@@ -94,7 +100,13 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     restored = store.restore()
     if restored:
         log.info("restored %s at step %d", restored.path, restored.step)
-    replay = None  # the replay store joins in a later commit
+    replay = None
+    if tcfg.replay.size_mib > 0:
+        replay = ReplayStore(int(tcfg.replay.size_mib * 2**20), tcfg.pipeline.image_size,
+                             tcfg.replay.seed + workers.index, tcfg.replay.policy)  # type: ignore[arg-type]
+        metrics.REPLAY_BYTES.set(replay.nbytes)
+        if restored and restored.replay:
+            restore_store(replay, restored.replay, cluster, topics.train, tcfg.pipeline.image_size, partitions)
     starts = start_offsets(cluster, settings, partitions, restored)
     tracker = OffsetTracker(starts)
     batch = tcfg.pipeline.batch_size
@@ -125,7 +137,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
                                                        tcfg.pipeline.image_size),
                       replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
-                      evaluator=make_evaluator, export=_exporter(store) if workers.is_chief else None,
+                      evaluator=make_evaluator,
+                      export=_exporter(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
                       inputs=inputs, stop=stop)
     loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
                      start_step=restored.step if restored else 0)
@@ -149,11 +162,20 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     return summary
 
 
-def _exporter(store: CheckpointStore):  # noqa: ANN202 - replaced by the versioned exporter
-    def export(step: int, positions: dict[int, int], _evaluation: object) -> None:
+def _exporter(cfg: CheckpointConfig, model: keras.Model, topic: str, policy: str) -> Callable[..., None]:
+    exporter = Exporter(cfg, model.input_shape[1])
+
+    def export(step: int, positions: dict[int, int], evaluation: EvalResult | None) -> None:
+        # Scores only from an evaluation of these very weights; older ones would compare the wrong model.
+        scores = None
+        if evaluation is not None and evaluation.step == step:
+            scores = {"mean_iou": evaluation.mean_iou, "pixel_accuracy": evaluation.pixel_accuracy}
         try:
-            store.export(step, positions)
+            path = exporter.export(model, step, scores, {"topic": topic, "precision": policy,
+                                                         "next_offsets": {str(p): o for p, o in positions.items()}})
         except CheckpointError as exc:
             log.error("%s", exc)
+            return
+        metrics.EXPORTS.labels("written" if path is not None else "declined").inc()
 
     return export

@@ -83,7 +83,10 @@ class CheckpointStore:
             # The optimizer's slots must exist before a restore (or a broadcast) can fill them.
             optimizer.build(model.trainable_variables)
         self.state = TrainState()
-        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step, state=self.state)
+        # A loss-scaled optimizer (mixed_float16) is saved as the Adam inside it: the loss scale
+        # re-learns in a few steps, and a job can move between fp16, bf16 and fp32 hosts.
+        self._optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        self._ckpt = tf.train.Checkpoint(model=model, optimizer=self._optimizer, step=self.step, state=self.state)
         self.directory = cfg.dir if workers.is_chief else self._scratch(scratch_dir)
         self._manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=cfg.keep)
         self._last_step = 0
@@ -102,7 +105,7 @@ class CheckpointStore:
         """The chief restores the newest readable checkpoint and every worker receives it."""
         found = self._restore_local() if self.workers.is_chief else None
         if self.workers.count > 1:
-            self.workers.broadcast_variables([*self.model.variables, *self.optimizer.variables, self.step])
+            self.workers.broadcast_variables([*self.model.variables, *self._optimizer.variables, self.step])
             shared = self.workers.broadcast_json(
                 None if found is None else {"path": found.path, "data": self.state.data})
             if shared is None:
@@ -167,26 +170,6 @@ class CheckpointStore:
         """Remove a non-chief worker's scratch copies."""
         if not self.workers.is_chief:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def export(self, step: int, offsets: Mapping[int, int]) -> Path:
-        """Write ``model.keras`` (+ ``model.json`` metadata) for serving via temp file + rename."""
-        out = Path(self.cfg.export_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".model-{os.getpid()}.keras"  # Keras insists on the .keras suffix
-        final = out / "model.keras"
-        try:
-            self.model.save(tmp)
-            os.replace(tmp, final)
-            meta = out / ".model.json.tmp"
-            meta.write_text(json.dumps({"step": step, "topic": self.topic, "exported_at": time.time(),
-                                        "next_offsets": {str(p): o for p, o in offsets.items()}}, indent=1))
-            os.replace(meta, out / "model.json")
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            msg = f"exporting the model into {out} failed: {exc}"
-            raise CheckpointError(msg) from exc
-        return final
-
 
 @dataclass(frozen=True)
 class SavedState:

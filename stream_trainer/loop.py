@@ -29,6 +29,7 @@ from stream_trainer.deadletter import DeadLetterWorker
 from stream_trainer.errors import CheckpointError, InputPipelineError, StreamTrainerError
 from stream_trainer.evaluate import EvalResult, Evaluator, scores
 from stream_trainer.progress import OffsetTracker
+from stream_trainer.replay import merge_states
 from stream_trainer.workers import CHECKPOINT, FRESH, PARTITIONS, ROWS, STOP, VOTE_SIZE, Workers
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ReplayStore(Protocol):
 
     def add(self, images: np.ndarray, masks: np.ndarray, partitions: np.ndarray, offsets: np.ndarray) -> None: ...
 
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> Any: ...
 
 
 class InputState(Protocol):
@@ -295,7 +296,10 @@ class TrainLoop:
         s = self.summary
         self._last_checkpoint_step = s.step
         positions = self.w.gather_positions(self.p.tracker.positions(), self._partitions)
-        replay = self.p.replay.state() if self.p.replay is not None else None
+        replay = None
+        if self.p.replay is not None:
+            states = self.w.gather_json(self.p.replay.state())
+            replay = merge_states(states) if len(states) > 1 else states[0]
         try:
             path = self.p.store.save(s.step, positions, replay)
         except CheckpointError as exc:

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from PIL import Image
 from tensorflow.core.example import example_pb2
 
+from producer.sources.synthetic import make_record
 from stream_trainer import wire
 from stream_trainer.app import run_trainer
 from stream_trainer.checkpoint import read_positions
@@ -108,18 +109,23 @@ def test_checkpoint_holds_step_and_offsets_and_the_group_commit_matches(trained:
     group.close()
 
 
-def test_model_is_exported_atomically_with_metadata(trained: dict) -> None:
+def test_versioned_exports_follow_the_checkpoints_and_the_newest_one_serves(trained: dict) -> None:
     import json
 
-    import keras
+    import tensorflow as tf
 
     settings = trained["settings"]
     export = Path(settings.trainer.checkpoint.export_dir)
-    assert sorted(p.name for p in export.iterdir()) == ["model.json", "model.keras"]
-    meta = json.loads((export / "model.json").read_text())
-    assert meta["step"] == 120
-    model = keras.models.load_model(export / "model.keras")
-    assert model.output_shape == (None, 32, 32, 3)
+    versions = sorted(int(p.name) for p in export.iterdir() if p.name.isdigit())
+    # A checkpoint every 40 steps (plus the final one at 120, a step already exported), keep 5.
+    assert versions == [40, 80, 120]
+    assert (export / "latest").resolve() == (export / "120").resolve()
+    meta = json.loads((export / "120" / "model.json").read_text())
+    assert meta["step"] == 120 and meta["scores"]["mean_iou"] == trained["summary"].evals[-1].mean_iou
+    served = tf.saved_model.load(str(export / "120"))
+    record = make_record(0, seed=5, min_size=50, max_size=60)
+    out = served.signatures["serving_default"](image_bytes=tf.constant([record.image]))
+    assert out["classes"].shape == (1, 32, 32) and out["classes"].dtype == tf.int64
 
 
 def test_eval_snapshot_pictures_are_written(trained: dict) -> None:
