@@ -1,7 +1,8 @@
 """``stream-trainer``: argument parsing and wiring, nothing else.
 
-Sub-commands: ``run`` (the daemon), ``broker`` (a local Kafka 3.9.1 for development),
-``demo`` (broker + producer + trainer, bounded), ``bench`` (benchmarks), ``soak``.
+Sub-commands: ``run`` (the daemon), ``check-config``, ``inspect`` (a checkpoint and its lag),
+``broker`` (a local Kafka 3.9.1 for development), ``demo`` (broker + producer + trainer,
+bounded), ``bench`` (benchmarks), ``soak``.
 Flags default from ``STREAM_TRAINER_*`` environment variables, as daemons in containers expect.
 """
 
@@ -34,6 +35,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "trainer.loop.max_seconds": getattr(args, "max_seconds", None),
         "trainer.metrics.port": getattr(args, "metrics_port", None),
         "trainer.checkpoint.dir": getattr(args, "checkpoint_dir", None),
+        "trainer.cluster.index": getattr(args, "worker_index", None),
     }
 
 
@@ -47,6 +49,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = app.run_trainer(settings, handle_signals=True)
     log.info("stopped: %s", summary)
     return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from stream_trainer import config
+
+    settings = config.load(args.file)
+    workers = len(settings.trainer.cluster.workers) or 1
+    print(f"{args.file}: valid (topic {settings.topics.train}, bootstrap {settings.kafka.bootstrap_servers}, "
+          f"worker {settings.trainer.cluster.index} of {workers})")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from stream_trainer import inspect
+
+    return inspect.main(args.checkpoint, args.config, args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"))
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -92,8 +110,16 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     return soak.main(minutes=args.minutes, workdir=Path(args.workdir))
 
 
+def _int_env(name: str) -> int | None:
+    value = _env(name)
+    return int(value) if value not in (None, "") and value.lstrip("-").isdigit() else None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from stream_trainer import __version__
+
     p = argparse.ArgumentParser(prog="stream-trainer", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"stream-trainer {__version__}")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -104,7 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-seconds", type=float, default=None)
     run.add_argument("--metrics-port", type=int, default=None)
     run.add_argument("--checkpoint-dir", default=None)
+    run.add_argument("--worker-index", type=int, default=_int_env("WORKER_INDEX"),
+                     help="this worker's index in trainer.cluster.workers (0 = chief)")
     run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a settings file without connecting to anything")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check_config)
+
+    inspect = sub.add_parser("inspect", help="what a checkpoint holds, and its lag against the live cluster")
+    inspect.add_argument("--checkpoint", required=True, help="the checkpoint directory")
+    inspect.add_argument("--config", default=_env("CONFIG"), help="settings (for the cluster and the group)")
+    inspect.add_argument("--bootstrap", default=_env("BOOTSTRAP"), help="Kafka bootstrap servers")
+    inspect.set_defaults(func=_cmd_inspect)
 
     broker = sub.add_parser("broker", help="run a local Kafka 3.9.1 broker until Ctrl-C")
     broker.add_argument("--port", type=int, default=int(_env("BROKER_PORT", "0") or 0))

@@ -11,8 +11,10 @@ import tensorflow as tf
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_trainer import source
-from stream_trainer.config import KafkaConfig
+from stream_trainer.config import KafkaConfig, SourceConfig
+from stream_trainer.inbox import END_PARTITION, Inbox
 from stream_trainer.kafka import Cluster
+from stream_trainer.source import KafkaSource
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:
@@ -24,8 +26,33 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) 
 
 # tfio's reader loops inside C++ until a message comes and ignores cancellation, so destroying an
 # iterator whose reader is blocked would wait forever. Tests keep their iterators alive instead
-# (the trainer's feeder does the same with replaced pipelines).
+# (the trainer's readers run in threads that live as long as the process).
 _ALIVE: list[object] = []
+
+
+def _read(kafka_bootstrap: str, topic: str, starts: dict[int, int],
+          stops: dict[int, int] | None = None, poll_timeout_ms: int = 200) -> Inbox:
+    """The trainer's Kafka readers for ``starts``, putting what they read into a fresh inbox."""
+    inbox = Inbox(64)
+    cfg = SourceConfig(poll_timeout_ms=poll_timeout_ms)
+    KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, inbox, cfg, "tfio-test",
+                resolve=lambda _p, offset: offset, stop=threading.Event()).start(starts, stops)
+    return inbox
+
+
+def _take(inbox: Inbox, timeout_s: float) -> tuple[bytes, int, int]:
+    """One message out of the inbox: (value, partition, offset); fails instead of hanging."""
+    box: list[tuple[bytes, int, int]] = []
+
+    def get() -> None:
+        value, partition, offset = inbox.queue.dequeue()
+        box.append((value.numpy(), int(partition), int(offset)))
+
+    t = threading.Thread(target=get, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert box, f"no message within {timeout_s} s"
+    return box[0]
 
 
 def _keep(iterator):  # noqa: ANN001, ANN202
@@ -63,13 +90,9 @@ def test_tfio_reads_from_the_given_offset_with_partition_and_offset(
         kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(1, f"k{i}".encode(), f"v{i}".encode()) for i in range(10)])
-    ds = source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {1: 4})
-    it = _keep(iter(ds))
-    rows = [_next_within(it, 30) for _ in range(6)]
-    assert [int(r["offset"]) for r in rows] == [4, 5, 6, 7, 8, 9]
-    assert {int(r["partition"]) for r in rows} == {1}
-    assert [r["value"].numpy() for r in rows] == [f"v{i}".encode() for i in range(4, 10)]
-    assert [r["key"].numpy() for r in rows] == [f"k{i}".encode() for i in range(4, 10)]
+    inbox = _read(kafka_bootstrap, topic, {1: 4})
+    rows = [_take(inbox, 30) for _ in range(6)]
+    assert rows == [(f"v{i}".encode(), 1, i) for i in range(4, 10)]
 
 
 def test_tfio_yields_partition_colon_offset_strings(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
@@ -88,24 +111,22 @@ def test_idle_topic_does_not_end_the_stream_and_late_messages_arrive(
         kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(0, b"k", b"early")])
-    it = _keep(iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0},
-                                        poll_timeout_ms=200)))
-    assert _next_within(it, 30)["value"].numpy() == b"early"
-    # Both partitions are now idle for longer than several poll timeouts; the stream must wait.
+    inbox = _read(kafka_bootstrap, topic, {0: 0, 1: 0})
+    assert _take(inbox, 30) == (b"early", 0, 0)
+    # Both partitions are now idle for longer than several poll timeouts; the readers must wait.
     timer = threading.Timer(2.0, _produce, (kafka_bootstrap, topic, [(1, b"k", b"late")]))
     timer.start()
-    late = _next_within(it, 30)
+    late = _take(inbox, 30)
     timer.join()
-    assert late is not StopIteration
-    assert (late["value"].numpy(), int(late["partition"]), int(late["offset"])) == (b"late", 1, 0)
+    assert late == (b"late", 1, 0)
 
 
 def test_idle_partition_does_not_hold_back_busy_ones(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=3)
     _produce(kafka_bootstrap, topic, [(2, b"k", f"v{i}".encode()) for i in range(20)])
-    it = _keep(iter(source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 0, 1: 0, 2: 0})))
-    values = [_next_within(it, 30)["value"].numpy() for _ in range(20)]
-    assert sorted(values) == sorted(f"v{i}".encode() for i in range(20))
+    inbox = _read(kafka_bootstrap, topic, {0: 0, 1: 0, 2: 0})
+    got = [_take(inbox, 30) for _ in range(20)]
+    assert got == [(f"v{i}".encode(), 2, i) for i in range(20)]  # in offset order within the partition
 
 
 def test_committed_group_offsets_read_back(kafka_config: KafkaConfig, new_topic: Callable[..., str]) -> None:
@@ -136,10 +157,8 @@ def test_missing_topic_is_a_config_error_naming_it(cluster: Cluster) -> None:
 
 
 def test_worker_shares_split_partitions_without_overlap() -> None:
-    from stream_trainer.config import SourceConfig
-
     parts = list(range(7))
-    shares = [source.assigned_partitions(parts, SourceConfig(worker_index=i, worker_count=3)) for i in range(3)]
+    shares = [source.assigned_partitions(parts, SourceConfig(), i, 3) for i in range(3)]
     assert sorted(p for s in shares for p in s) == parts
     assert source.assigned_partitions(parts, SourceConfig(partitions=[5, 1, 9])) == [1, 5]
 
@@ -155,7 +174,7 @@ def test_tf_is_importable_with_tfio_kafka() -> None:
 def test_bounded_read_ends_at_the_stop_offsets(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(p, b"k", b"v") for p in (0, 1) for _ in range(3)])
-    ds = source.kafka_stream(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, {0: 1, 1: 0},
-                             stop_offsets={0: 3, 1: 3})
-    got = sorted((int(r["partition"]), int(r["offset"])) for r in ds)
-    assert got == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    inbox = _read(kafka_bootstrap, topic, {0: 1, 1: 0}, stops={0: 3, 1: 3})
+    got = [_take(inbox, 30) for _ in range(6)]
+    assert sorted((p, o) for _, p, o in got[:5]) == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert got[5][1] == END_PARTITION  # then the end marker, once every partition is done
