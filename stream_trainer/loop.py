@@ -9,6 +9,7 @@ collective decision goes through the vote.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -145,6 +146,7 @@ class TrainLoop:
         self._last_checkpoint_step = start_step
         self._last_checkpoint_time = time.monotonic()
         self._last_eval_step = start_step
+        self._saved_own: dict[int, int] = {}  # this worker's positions at the last checkpoint
         self._partitions = 1  # the topic's partition count, as the chief last voted it
         self._window = _Window(start_step, time.monotonic())
 
@@ -295,7 +297,8 @@ class TrainLoop:
         """Every worker calls this at the same round; the chief's copy is the job's checkpoint."""
         s = self.summary
         self._last_checkpoint_step = s.step
-        positions = self.w.gather_positions(self.p.tracker.positions(), self._partitions)
+        self._saved_own = self.p.tracker.positions()
+        positions = self.w.gather_positions(self._saved_own, self._partitions)
         replay = None
         if self.p.replay is not None:
             states = self.w.gather_json(self.p.replay.state())
@@ -354,10 +357,24 @@ class TrainLoop:
         deadline = time.monotonic() + 5.0
         while not self.p.dead_letters.idle() and time.monotonic() < deadline:
             time.sleep(0.05)
-        # The final save is unconditional: every worker must make the same collective calls.
-        self.summary.final_checkpoint_ok = self._checkpoint()
+        # Saved unless nothing changed anywhere since the last save: one more vote, so that every
+        # worker makes the same collective calls.
+        ballot = np.zeros(VOTE_SIZE, np.int64)
+        ballot[ROWS] = int(self.p.tracker.positions() != self._saved_own or self._retry_checkpoint_at is not None
+                           or self.summary.step != self._last_checkpoint_step or not self.summary.checkpoints)
+        if self.w.vote(ballot)[ROWS] > 0:
+            self.summary.final_checkpoint_ok = self._checkpoint()
+        log.info("model weights checksum %s (identical on every worker of a job)", weights_checksum(self.p.store.model))
         if self._trained_log is not None:
             self._trained_log.close()
+
+
+def weights_checksum(model: Any) -> str:
+    """SHA-256 over the trainable weights: equal on every worker while they train in step."""
+    digest = hashlib.sha256()
+    for v in model.trainable_variables:
+        digest.update(np.ascontiguousarray(np.asarray(v)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _part(loss_sum: float, rows: int, cm: np.ndarray, name: str) -> str:
