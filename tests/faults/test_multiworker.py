@@ -1,0 +1,223 @@
+"""Issue 12: one model trained by several `stream-trainer run` processes (MultiWorkerMirroredStrategy).
+
+Real processes on 127.0.0.1, a real broker, a 4-partition topic split between the workers. What
+must hold, from Kafka, checkpoint and metrics state:
+
+* the workers train in step: identical weights (each logs a checksum at stop), one checkpoint
+  holding every partition's position, the group commit equal to it;
+* a stop (SIGTERM to any worker) stops the whole job cleanly, also while the topic is idle;
+* an idle worker never stalls the others (it joins steps with zero-weight rows, counted);
+* a lost worker (SIGKILL) makes the survivors exit non-zero naming it, within the peer timeout,
+  and a restart of the job skips nothing, duplicates bounded as in the single-process proof;
+* a restart with a different number of workers resumes every partition from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultlib import (
+    BATCH,
+    CHECKPOINT_EVERY,
+    Program,
+    Rig,
+    committed_offsets,
+    free_port,
+    latest_checkpoint,
+    log_ends,
+    make_rig,
+    metric,
+    missing_offsets,
+    read_trained,
+    scrape,
+)
+
+from tests.pets import produce_pets
+
+PARTITIONS = 4
+# The peer timeout the job runs with: a lost worker must be noticed well within it.
+PEER_TIMEOUT_S = 30
+# After a kill a worker re-trains what it trained after the last checkpoint: at most one
+# checkpoint interval of its own batches (fresh rows are trained oldest first, in order).
+DUPLICATE_BOUND_PER_WORKER = CHECKPOINT_EVERY * BATCH
+
+
+@pytest.fixture()
+def job(tmp_path: Path, kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_"))[:20].strip("-")
+    rig = make_rig(tmp_path, kafka_bootstrap, partitions=PARTITIONS, prefix=prefix)
+    try:
+        yield rig
+    finally:
+        rig.stop_all()
+
+
+def _workers(rig: Rig, count: int, run: str, **dotted: Any) -> list[tuple[Program, Path, int]]:
+    """Start ``count`` workers of one job; each gets its trained log and metrics port."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    started = []
+    for i in range(count):
+        log = rig.tmp / f"trained-{run}-w{i}.log"
+        port = free_port()
+        settings = rig.settings(trainer__loop__trained_log=str(log), trainer__metrics__port=port,
+                                trainer__cluster__workers=addresses if count > 1 else [],
+                                trainer__cluster__index=i, trainer__cluster__peer_timeout_s=PEER_TIMEOUT_S,
+                                trainer__cluster__scratch_dir=str(rig.tmp / f"scratch-{run}-{i}"), **dotted)
+        config = rig.write_config(f"{run}-w{i}.yaml", settings)
+        started.append((rig.trainer(config, f"trainer-{run}-w{i}"), log, port))
+    return started
+
+
+def _checksums(program: Program) -> set[str]:
+    return set(re.findall(r"model weights checksum (\w+)", "".join(program.output)))
+
+
+def _produce(rig: Rig, name: str, **dotted: Any) -> Program:
+    return rig.producer(rig.write_config(f"{name}.yaml", rig.settings(**dotted)), name)
+
+
+@pytest.mark.faults
+def test_two_workers_train_in_step_and_checkpoint_every_partition(job: Rig) -> None:
+    producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=240)
+    assert producer.proc.wait(120) == 0, job.logs()
+    workers = _workers(job, 2, "a", trainer__loop__max_steps=25)
+    for program, _, _ in workers:
+        assert program.proc.wait(240) == 0, f"{program.name} failed{job.logs()}"
+    sums = [_checksums(p) for p, _, _ in workers]
+    assert len(sums[0]) == 1 and sums[0] == sums[1], f"weights differ between workers: {sums}"
+    trained = [{p for p, _, _ in read_trained(log)} for _, log, _ in workers]
+    assert trained == [{0, 2}, {1, 3}], "each worker trains only its own partitions"
+    final = latest_checkpoint(job.checkpoint_dir)
+    assert final is not None and final.step == 25 and sorted(final.positions) == [0, 1, 2, 3]
+    for i, (_, log, _) in enumerate(workers):
+        counts = Counter((p, o) for p, o, _ in read_trained(log))
+        for p in (i, i + 2):  # the checkpoint's position = exactly what was trained, in order
+            assert final.positions[p] == len([1 for q, _ in counts if q == p]), (p, final)
+    assert committed_offsets(job.bootstrap, job.group, job.topic, PARTITIONS) == final.positions
+
+
+@pytest.mark.faults
+def test_sigterm_to_one_worker_stops_an_idle_job_with_one_checkpoint(job: Rig) -> None:
+    workers = _workers(job, 2, "idle")
+    ports = [port for _, _, port in workers]
+    # Both are in their loop once they vote (the collective histogram counts every vote).
+    job.wait_until(lambda: all(metric(scrape(p), "stream_trainer_collective_seconds_count") > 3 for p in ports),
+                   180, "both workers voting", alive=tuple(p for p, _, _ in workers))
+    t0 = time.monotonic()
+    assert workers[1][0].stop(timeout_s=30) == 0, job.logs()
+    assert workers[0][0].stop(timeout_s=30) == 0, job.logs()  # already on its way out
+    assert time.monotonic() - t0 < 10, f"the job took {time.monotonic() - t0:.1f} s to stop"
+    final = latest_checkpoint(job.checkpoint_dir)
+    assert final is not None and final.positions == dict.fromkeys(range(PARTITIONS), 0)
+    chief = "".join(workers[0][0].output)
+    assert chief.count("INFO stream_trainer.loop: checkpoint ") == 1, "exactly one checkpoint"
+    assert "stopped by another worker" in chief
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_an_idle_worker_never_stalls_the_job_and_its_zero_weight_steps_are_counted(job: Rig) -> None:
+    workers = _workers(job, 2, "skew")
+    ports = [port for _, _, port in workers]
+    alive = tuple(p for p, _, _ in workers)
+    job.wait_until(lambda: all(metric(scrape(p), "stream_trainer_collective_seconds_count") > 3 for p in ports),
+                   180, "both workers voting", alive=alive)
+    # 20 s of messages for worker 0's partitions (0 and 2) only; worker 1's stay idle.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for p in (0, 2):
+            produce_pets(job.bootstrap, job.topic, 4, seed=int(time.monotonic()), size=40, partition=p)
+        job.require_alive(*alive)
+        time.sleep(1.0)
+    job.wait_until(lambda: metric(scrape(ports[0]), "stream_trainer_images_trained_total") >= 60, 120,
+                   "worker 0 to train its partitions", alive=alive)
+    idle = scrape(ports[1])
+    steps = metric(idle, "stream_trainer_steps_total")
+    assert steps >= 10, f"the job did not keep stepping ({steps} steps)"
+    assert metric(idle, "stream_trainer_idle_steps_total") >= 10, "worker 1's zero-weight steps are not counted"
+    assert metric(idle, "stream_trainer_images_trained_total") == 0
+    # Now worker 1's partitions get messages too; nothing anywhere is lost.
+    for p in (1, 3):
+        produce_pets(job.bootstrap, job.topic, 20, seed=p, size=40, partition=p)
+    ends = log_ends(job.bootstrap, job.topic)
+    job.wait_until(lambda: not missing_offsets(
+        Counter((p, o) for _, log, _ in workers for p, o, _ in read_trained(log)), ends), 180,
+        f"every offset below {ends} trained", alive=alive)
+    for program, _, _ in workers:
+        assert program.stop() == 0, job.logs()
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker", "chief"])
+def test_a_killed_worker_stops_the_job_and_a_restart_skips_nothing(job: Rig, victim: int) -> None:
+    producer = _produce(job, "producer", producer__rate=20)
+    first = _workers(job, 2, "a")
+    logs_a = [log for _, log, _ in first]
+    job.wait_until(lambda: all(len(read_trained(log)) >= 40 for log in logs_a), 240, "both workers training",
+                   alive=(producer, *(p for p, _, _ in first)))
+    job.wait_until(lambda: latest_checkpoint(job.checkpoint_dir), 120, "a checkpoint", alive=(producer,))
+    first[victim][0].kill()
+    killed_at = time.monotonic()
+    survivor = first[1 - victim][0]
+    try:
+        survivor.proc.wait(PEER_TIMEOUT_S + 15)
+    except Exception:  # noqa: BLE001
+        pytest.fail(f"the surviving worker did not exit within {PEER_TIMEOUT_S + 15} s{job.logs()}")
+    detected_s = time.monotonic() - killed_at
+    assert survivor.proc.returncode != 0
+    last = [line for line in survivor.output if "stream-trainer: error:" in line]
+    assert last and "lost" in last[-1], job.logs()
+    ckpt = latest_checkpoint(job.checkpoint_dir)
+    assert ckpt is not None
+    print(f"multi-worker kill of worker {victim}: survivor exited {survivor.proc.returncode} after "
+          f"{detected_s:.1f} s; checkpoint step {ckpt.step}")
+
+    second = _workers(job, 2, "b")
+    ends = log_ends(job.bootstrap, job.topic)
+    logs_b = [log for _, log, _ in second]
+    job.wait_until(lambda: not missing_offsets(Counter((p, o) for log in logs_b for p, o, _ in read_trained(log)),
+                                               ends, ckpt.positions),
+                   240, f"the restarted job to train everything below {ends}",
+                   alive=(producer, *(p for p, _, _ in second)))
+    for program, _, _ in second:
+        program.stop()
+    producer.stop()
+    run_a = Counter((p, o) for log in logs_a for p, o, _ in read_trained(log))
+    run_b = Counter((p, o) for log in logs_b for p, o, _ in read_trained(log))
+    assert not missing_offsets(run_a + run_b, ends), "skipped offsets"
+    below = [(p, o) for (p, o) in run_b if o < ckpt.positions[p]]
+    assert not below, f"the restart trained offsets below the checkpoint: {below[:10]}"
+    retrained = sum(1 for key in run_b if key in run_a)
+    assert retrained <= 2 * DUPLICATE_BOUND_PER_WORKER, (retrained, ckpt)
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_restart_with_another_worker_count_resumes_every_partition_from_the_checkpoint(job: Rig) -> None:
+    producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=300)
+    assert producer.proc.wait(120) == 0, job.logs()
+    trained: Counter[tuple[int, int]] = Counter()
+    previous = None
+    for run, (count, steps) in enumerate([(2, 12), (1, 12), (2, 12)]):
+        workers = _workers(job, count, f"r{run}", trainer__loop__max_steps=steps)
+        for program, _, _ in workers:
+            assert program.proc.wait(240) == 0, f"{program.name} failed{job.logs()}"
+        output = "".join(line for program, _, _ in workers for line in program.output)
+        if previous is not None:
+            for p, offset in previous.positions.items():
+                assert f"partition {p} starts at offset {offset} (from checkpoint" in output, (run, p, output[-2000:])
+        run_lines = Counter((p, o) for _, log, _ in workers for p, o, _ in read_trained(log))
+        if previous is not None:
+            assert not [k for k in run_lines if k[1] < previous.positions[k[0]]], "trained below the checkpoint"
+        trained += run_lines
+        previous = latest_checkpoint(job.checkpoint_dir)
+        assert previous is not None and sorted(previous.positions) == [0, 1, 2, 3]
+    assert not missing_offsets(trained, previous.positions), "skipped offsets"
+    assert sum(n - 1 for n in trained.values()) == 0, "a clean stop and restart duplicates nothing"
