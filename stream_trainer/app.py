@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -164,8 +165,12 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
 
 def _exporter(cfg: CheckpointConfig, model: keras.Model, topic: str, policy: str) -> Callable[..., None]:
     exporter = Exporter(cfg, model.input_shape[1])
+    last = [float("-inf")]
 
-    def export(step: int, positions: dict[int, int], evaluation: EvalResult | None) -> None:
+    def export(step: int, positions: dict[int, int], evaluation: EvalResult | None, final: bool = False) -> None:
+        if not final and time.monotonic() - last[0] < cfg.export_every_s:
+            return
+        last[0] = time.monotonic()
         # Scores only from an evaluation of these very weights; older ones would compare the wrong model.
         scores = None
         if evaluation is not None and evaluation.step == step:

@@ -117,6 +117,9 @@ class SourceConfig:
     # max_restarts failures within restart_window_s end the daemon (exit 2) for a supervisor.
     max_restarts: int = 5
     restart_window_s: float = 300.0
+    # tfio waits instead of failing on some faults (a recreated topic, revoked credentials): a
+    # reader that hands on nothing this long while messages wait in Kafka is replaced.
+    stall_timeout_s: float = 60.0
     # Raw messages read ahead of decoding (a bounded queue: back pressure on Kafka reads).
     queue_capacity: int = 512
 
@@ -198,6 +201,9 @@ class CheckpointConfig:
     export_policy: str = "always"
     export_tolerance: float = 0.0
     export_keep: int = 5  # numbered version directories kept in export_dir
+    # An export takes seconds (two traced signatures + model.keras): at most one per this many
+    # seconds, plus the first and the last checkpoint of a run. 0 = after every checkpoint.
+    export_every_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,7 @@ class Settings:
              "trainer.source.on_offset_reset", "must be fail, earliest or latest"),
             (self.trainer.source.metadata_refresh_s > 0, "trainer.source.metadata_refresh_s", "must be > 0"),
             (self.trainer.source.max_restarts >= 0, "trainer.source.max_restarts", "must be >= 0"),
+            (self.trainer.source.stall_timeout_s > 0, "trainer.source.stall_timeout_s", "must be > 0"),
             (self.trainer.source.queue_capacity >= 1, "trainer.source.queue_capacity", "must be >= 1"),
             (self.trainer.source.poll_timeout_ms > 0, "trainer.source.poll_timeout_ms", "must be > 0"),
             (self.trainer.pipeline.max_batch_wait_ms >= 0, "trainer.pipeline.max_batch_wait_ms", "must be >= 0"),
@@ -274,6 +281,11 @@ class Settings:
             (0 <= self.trainer.checkpoint.export_tolerance <= 1, "trainer.checkpoint.export_tolerance",
              "must be in [0, 1] (a mean IoU difference)"),
             (self.trainer.checkpoint.export_keep >= 1, "trainer.checkpoint.export_keep", "must be >= 1"),
+            (self.trainer.checkpoint.export_every_s >= 0, "trainer.checkpoint.export_every_s", "must be >= 0"),
+            (self.trainer.checkpoint.every_steps > 0 or self.trainer.checkpoint.every_seconds > 0,
+             "trainer.checkpoint.every_steps",
+             "and trainer.checkpoint.every_seconds are both 0, which would never checkpoint (no offsets saved, "
+             "nothing committed); set at least one"),
             (0 <= self.trainer.metrics.port < 65536, "trainer.metrics.port", "must be a TCP port or 0"),
             (0 <= self.producer.metrics.port < 65536, "producer.metrics.port", "must be a TCP port or 0"),
         ]

@@ -28,6 +28,9 @@ class Hole:
     start: int  # first missing offset
     end: int  # the surviving message after the hole (exclusive bound)
     on_done: Callable[[], None]
+    # False once the partition was moved back (topic recreated): the hole's offsets now name
+    # other messages, which must not be dead-lettered.
+    still_wanted: Callable[[], bool] = lambda: True
 
 
 class DeadLetterWorker:
@@ -47,10 +50,10 @@ class DeadLetterWorker:
         self._thread.start()
         return self
 
-    def submit(self, topic: str, partition: int, start: int, end: int,
-               on_done: Callable[[], None] = lambda: None) -> None:
+    def submit(self, topic: str, partition: int, start: int, end: int, on_done: Callable[[], None] = lambda: None,
+               still_wanted: Callable[[], bool] = lambda: True) -> None:
         """Dead-letter the messages of ``topic[partition]`` in [start, end), then call ``on_done``."""
-        self._holes.put(Hole(topic, partition, start, end, on_done))
+        self._holes.put(Hole(topic, partition, start, end, on_done, still_wanted))
 
     def idle(self) -> bool:
         return self._holes.unfinished_tasks == 0
@@ -62,7 +65,7 @@ class DeadLetterWorker:
             except queue.Empty:
                 continue
             try:
-                while not self.stop.is_set():
+                while not self.stop.is_set() and hole.still_wanted():
                     try:
                         self._handle(hole)
                         hole.on_done()

@@ -8,6 +8,12 @@ topic; the feeder is a daemon thread and never holds up exit.
 Rows leave the pipeline in arrival order, so the feeder links each row to the previous row of its
 partition (``prev``): a gap between ``prev`` and ``offset`` is exactly the messages the pipeline
 dropped as malformed, which the loop dead-letters before its position moves past them.
+
+Offsets of a partition never go backwards, except when its reader was moved back by
+``trainer.source.on_offset_reset`` (the topic was recreated). The feeder then starts a new
+*epoch* of that partition: rows carry their epoch, and whatever the old epoch still has in flight
+(rows, dead-letter holes) is ignored by the position bookkeeping instead of being mistaken for
+offsets of the new topic.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -29,12 +35,14 @@ class Feeder:
     """Iterates ``decoded`` (batches of decoded rows) in a daemon thread into ``fresh``."""
 
     def __init__(self, decoded: tf.data.Dataset, fresh: FreshRows, starts: Mapping[int, int],
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, on_new_epoch: Callable[[int, int, int], None] | None = None) -> None:
         self._decoded = decoded
         self.fresh = fresh
         self._stop = stop
         self._lock = threading.Lock()
         self._last = {p: s - 1 for p, s in starts.items()}
+        self._epoch = dict.fromkeys(starts, 0)
+        self._on_new_epoch = on_new_epoch
         self.exhausted = threading.Event()  # a bounded read ended (benchmarks, tests)
         self.failure: BaseException | None = None  # the pipeline itself broke: the loop must stop
         self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
@@ -63,11 +71,21 @@ class Feeder:
         partition = group["partition"].numpy()
         offset = group["offset"].numpy()
         prev = np.empty_like(offset)
+        epoch = np.empty(offset.shape, np.int32)
         with self._lock:
             for i, (p, o) in enumerate(zip(partition.tolist(), offset.tolist(), strict=True)):
-                prev[i] = self._last.get(p, o - 1)
+                last = self._last.get(p, o - 1)
+                if o <= last:  # moved back by on_offset_reset: a new chain
+                    self._epoch[p] = self._epoch.get(p, 0) + 1
+                    log.warning("partition %d went back from offset %d to %d (on_offset_reset); epoch %d", p, last, o,
+                                self._epoch[p])
+                    if self._on_new_epoch is not None:
+                        self._on_new_epoch(p, o, self._epoch[p])
+                    last = o - 1
+                prev[i] = last
+                epoch[i] = self._epoch.get(p, 0)
                 self._last[p] = o
         n = offset.shape[0]
         return Rows(image=group["image"].numpy(), mask=group["mask"].numpy(), partition=partition, offset=offset,
                     prev=prev, produce_ts_ms=group["produce_ts_ms"].numpy(), nbytes=group["nbytes"].numpy(),
-                    arrived=np.full(n, time.monotonic()))
+                    arrived=np.full(n, time.monotonic()), epoch=epoch)

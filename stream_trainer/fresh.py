@@ -27,6 +27,7 @@ class Rows:
     produce_ts_ms: np.ndarray  # int64 (n,), 0 = unknown
     nbytes: np.ndarray  # int32 (n,): size of the message value
     arrived: np.ndarray  # float64 (n,): time.monotonic() when the row was decoded
+    epoch: np.ndarray  # int32 (n,): the partition's offset chain the row belongs to (see feeder.py)
 
     def __len__(self) -> int:
         return int(self.offset.shape[0])
@@ -41,7 +42,7 @@ class Rows:
         return Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
 
 
-_FIELDS = ("image", "mask", "partition", "offset", "prev", "produce_ts_ms", "nbytes", "arrived")
+_FIELDS = ("image", "mask", "partition", "offset", "prev", "produce_ts_ms", "nbytes", "arrived", "epoch")
 
 
 class FreshRows:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 
 from stream_trainer import metrics, pipeline
@@ -92,7 +93,7 @@ class Inputs:
                                   self._resolve, stop)
         decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, t.pipeline.decode_group,
                                           t.pipeline.decode_threads)
-        self.feeder = Feeder(decoded, fresh, starts, stop)
+        self.feeder = Feeder(decoded, fresh, starts, stop, on_new_epoch=tracker.reset)
         self._starts = dict(starts)
         self._count = partition_count
         self._lock = threading.Lock()
@@ -117,19 +118,29 @@ class Inputs:
 
     # -- partitions added while running ---------------------------------------------------------
     def _watch(self) -> None:
-        every = self.settings.trainer.source.metadata_refresh_s
+        """Every few seconds the reader watchdog; every ``metadata_refresh_s`` new partitions."""
+        refresh = self.settings.trainer.source.metadata_refresh_s
+        every = min(5.0, refresh, self.settings.trainer.source.stall_timeout_s / 4)
+        next_refresh = time.monotonic() + refresh
         while not self.stop.wait(every):
             try:
-                found = self.cluster.partitions(self.topic)
-            except StreamTrainerError as exc:  # an outage: the readers report it their own way
-                log.debug("partition refresh failed: %s", exc)
-                continue
-            mine = assigned_partitions(found, self.settings.trainer.source, self.worker_index, self.worker_count)
-            new = [p for p in mine if p not in self.source.readers]
-            with self._lock:
-                self._count = max(self._count, len(found))
-            if new:
-                self._add(new)
+                positions = self.source.positions()  # before the watermarks: see KafkaSource.watch
+                marks = self.cluster.watermarks(self.topic, list(positions), timeout_s=5.0)
+                self.source.watch(positions, marks, self.inbox.size() >= self.inbox.capacity * 0.9)
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + refresh
+                    self._refresh()
+            except StreamTrainerError as exc:  # an outage: ridden out; the readers report it their own way
+                log.debug("input watch skipped: %s", exc)
+
+    def _refresh(self) -> None:
+        found = self.cluster.partitions(self.topic)
+        mine = assigned_partitions(found, self.settings.trainer.source, self.worker_index, self.worker_count)
+        new = [p for p in mine if p not in self.source.readers]
+        with self._lock:
+            self._count = max(self._count, len(found))
+        if new:
+            self._add(new)
 
     def _add(self, partitions: list[int]) -> None:
         try:
@@ -146,8 +157,5 @@ class Inputs:
     def _resolve(self, partition: int, offset: int) -> int:
         """Where a failed reader of ``partition`` resumes (called by its thread before restarting)."""
         marks = self.cluster.watermarks(self.topic, [partition])[partition]
-        start = checked_start(self.topic, partition, offset, marks, self.settings.trainer.source.on_offset_reset)
-        if offset > marks.high:  # moved by on_offset_reset: the offset chain starts over there
-            self.tracker.reset(partition, start)
-            self.feeder.restart_partition(partition, start)
-        return start
+        # A move back (on_offset_reset) is noticed by the feeder in the rows themselves, in order.
+        return checked_start(self.topic, partition, offset, marks, self.settings.trainer.source.on_offset_reset)

@@ -59,7 +59,8 @@ class InputState(Protocol):
 
 
 class Exporter(Protocol):
-    def __call__(self, step: int, positions: dict[int, int], evaluation: EvalResult | None) -> None: ...
+    def __call__(self, step: int, positions: dict[int, int], evaluation: EvalResult | None,
+                 final: bool = False) -> None: ...
 
 
 @dataclass
@@ -262,11 +263,12 @@ class TrainLoop:
         metrics.BYTES_CONSUMED.labels(self.topic).inc(int(rows.nbytes.sum()))
         tracker, dead = self.p.tracker, self.p.dead_letters
         parts, prevs, offsets = rows.partition.tolist(), rows.prev.tolist(), rows.offset.tolist()
-        for p, prev, off in zip(parts, prevs, offsets, strict=True):
+        for p, prev, off, epoch in zip(parts, prevs, offsets, rows.epoch.tolist(), strict=True):
             if off == prev + 1:
-                tracker.handled(p, prev, off)
+                tracker.handled(p, prev, off, epoch)
             else:
-                dead.submit(self.topic, p, prev + 1, off, partial(tracker.handled, p, prev, off))
+                dead.submit(self.topic, p, prev + 1, off, partial(tracker.handled, p, prev, off, epoch),
+                            partial(tracker.is_current, p, epoch))
         now_ms = time.time() * 1000.0
         for ts in rows.produce_ts_ms.tolist():
             if ts > 0:
@@ -293,7 +295,7 @@ class TrainLoop:
             self._log_status(self._window, now)
             self._window = _Window(self.summary.step, now)
 
-    def _checkpoint(self) -> bool:
+    def _checkpoint(self, final: bool = False) -> bool:
         """Every worker calls this at the same round; the chief's copy is the job's checkpoint."""
         s = self.summary
         self._last_checkpoint_step = s.step
@@ -324,7 +326,7 @@ class TrainLoop:
             log.info("checkpoint %s (step %d, next offsets %s)", path, s.step, positions)
             if self.p.export is not None:
                 last = s.evals[-1] if s.evals else None
-                self.p.export(s.step, positions, last)
+                self.p.export(s.step, positions, last, final)
         return True
 
     def _evaluate(self) -> None:
@@ -363,7 +365,7 @@ class TrainLoop:
         ballot[ROWS] = int(self.p.tracker.positions() != self._saved_own or self._retry_checkpoint_at is not None
                            or self.summary.step != self._last_checkpoint_step or not self.summary.checkpoints)
         if self.w.vote(ballot)[ROWS] > 0:
-            self.summary.final_checkpoint_ok = self._checkpoint()
+            self.summary.final_checkpoint_ok = self._checkpoint(final=True)
         log.info("model weights checksum %s (identical on every worker of a job)", weights_checksum(self.p.store.model))
         if self._trained_log is not None:
             self._trained_log.close()

@@ -24,10 +24,15 @@ class OffsetTracker:
         self._lock = threading.Lock()
         self._last = {p: s - 1 for p, s in starts.items()}
         self._links: dict[int, dict[int, int]] = {p: {} for p in starts}
+        self._epoch = dict.fromkeys(starts, 0)
 
-    def handled(self, partition: int, prev: int, offset: int) -> None:
-        """Everything in (prev, offset] of ``partition`` is done: trained or dead-lettered."""
+    def handled(self, partition: int, prev: int, offset: int, epoch: int = 0) -> None:
+        """Everything in (prev, offset] of ``partition`` is done: trained or dead-lettered.
+
+        Links of an older ``epoch`` (before the partition was moved back) are ignored."""
         with self._lock:
+            if epoch != self._epoch.get(partition, 0):
+                return
             last = self._last[partition]
             if offset <= last:
                 return  # a duplicate re-read after a source restart
@@ -41,12 +46,17 @@ class OffsetTracker:
                 for stale in [k for k in links if k < last]:
                     del links[stale]
 
-    def reset(self, partition: int, start: int) -> None:
-        """``partition`` continues at ``start``: a partition added to the topic, or a position moved by
-        ``trainer.source.on_offset_reset`` after the topic was recreated."""
+    def reset(self, partition: int, start: int, epoch: int = 0) -> None:
+        """``partition`` continues at ``start`` in ``epoch``: a partition added to the topic, or a
+        position moved back by ``trainer.source.on_offset_reset`` after the topic was recreated."""
         with self._lock:
             self._last[partition] = start - 1
             self._links[partition] = {}
+            self._epoch[partition] = epoch
+
+    def is_current(self, partition: int, epoch: int) -> bool:
+        with self._lock:
+            return epoch == self._epoch.get(partition, 0)
 
     def positions(self) -> dict[int, int]:
         """Per partition, the first offset whose message is not yet handled."""

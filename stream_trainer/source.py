@@ -26,9 +26,11 @@ from collections.abc import Callable, Mapping
 import tensorflow as tf
 import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no `.kafka`
 
+from stream_trainer import metrics
 from stream_trainer.config import KafkaConfig, SourceConfig
-from stream_trainer.errors import InputPipelineError, StreamTrainerError
+from stream_trainer.errors import InputPipelineError, OffsetResetError, StreamTrainerError
 from stream_trainer.inbox import Inbox
+from stream_trainer.kafka import Watermarks
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,13 @@ class PartitionReader:
                  group_id: str) -> None:
         self.topic = topic
         self.partition = partition
+        self.started_at = -1  # the offset the current read started from
+        self.retired = False
         # The offset of the last message put into the inbox: a restart continues after it.
         self.last_read = tf.Variable(-1, dtype=tf.int64, trainable=False, name=f"last_read_{partition}")
+        # A reader replaced by the watchdog cannot be stopped (tfio ignores cancellation); it is
+        # retired instead: should it ever receive a message, it no longer hands it on.
+        self.active = tf.Variable(True, trainable=False, name=f"reader_active_{partition}")
         servers, config = kafka.bootstrap_servers, tfio_config(kafka)
         options = tf.data.Options()
         # The forwarding map has side effects in offset order: it must never run in parallel.
@@ -96,9 +103,13 @@ class PartitionReader:
 
             def forward(value: tf.Tensor, _key: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
                 part, offset = _split_position(position)
-                with tf.control_dependencies([inbox.put(value, part, offset)]):
-                    with tf.control_dependencies([self.last_read.assign(offset)]):
-                        return tf.identity(offset)
+
+                def hand_on() -> tf.Tensor:
+                    with tf.control_dependencies([inbox.put(value, part, offset)]):
+                        with tf.control_dependencies([self.last_read.assign(offset)]):
+                            return tf.identity(offset)
+
+                return tf.cond(self.active.read_value(), hand_on, lambda: tf.constant(-1, tf.int64))
 
             ds = ds.map(forward).batch(_READER_CHUNK).with_options(options)
             return ds.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, out_type=tf.int64))
@@ -107,7 +118,16 @@ class PartitionReader:
 
     def read(self, start: int, count: int = -1) -> int:
         """Read from ``start`` (``count`` messages, -1 = forever); raises tf.errors.OpError on failure."""
+        self.started_at = start
         return int(self._read(tf.constant(start, tf.int64), tf.constant(count, tf.int64)))
+
+    def position(self) -> int:
+        """The next offset this reader will hand on."""
+        return self.next_offset if self.next_offset >= 0 else self.started_at
+
+    def retire(self) -> None:
+        self.retired = True
+        self.active.assign(False)
 
     @property
     def next_offset(self) -> int:
@@ -142,6 +162,8 @@ class KafkaSource:
         self._failures: deque[float] = deque()
         self._lock = threading.Lock()
         self._bounded_left = 0
+        self._progress: dict[int, tuple[int, float]] = {}  # partition -> (position, since when)
+        self.retired = 0
 
     def start(self, starts: Mapping[int, int], stops: Mapping[int, int] | None = None) -> KafkaSource:
         """Start reading every partition in ``starts``; with ``stops`` (exclusive), end there."""
@@ -162,6 +184,47 @@ class KafkaSource:
     def read_positions(self) -> dict[int, int]:
         return {p: r.next_offset for p, r in self.readers.items()}
 
+    def positions(self) -> dict[int, int]:
+        """Per partition, the next offset its reader will hand on (or started from)."""
+        return {p: r.position() for p, r in list(self.readers.items())}
+
+    def watch(self, positions: Mapping[int, int], marks: Mapping[int, Watermarks], backlog_full: bool) -> None:
+        """The watchdog: tfio logs and waits, instead of failing, on several faults. Replace a reader
+        whose position is beyond its partition's log end (the topic was recreated) or that has
+        handed on nothing for ``stall_timeout_s`` while messages wait in Kafka and the inbox has
+        room. ``positions`` must be read *before* ``marks``, so that a reader that just read a new
+        message is never mistaken for one beyond the end.
+        """
+        now = time.monotonic()
+        for p, pos in positions.items():
+            reader, m = self.readers.get(p), marks.get(p)
+            if reader is None or m is None or self.failure is not None:
+                continue
+            seen, since = self._progress.get(p, (pos, now))
+            if pos != seen:
+                seen, since = pos, now
+            self._progress[p] = (seen, since)
+            if pos > m.high:
+                self._replace(reader, pos, f"its position {pos} is beyond the log end {m.high}")
+            elif pos < m.high and not backlog_full and now - since > self.cfg.stall_timeout_s:
+                self._replace(reader, pos, f"it handed on nothing for {now - since:.0f} s while {m.high - pos} "
+                                           f"messages wait (trainer.source.stall_timeout_s)")
+
+    def _replace(self, reader: PartitionReader, pos: int, reason: str) -> None:
+        reader.retire()
+        with self._lock:
+            self.retired += 1
+        self._progress.pop(reader.partition, None)
+        if self._count_failure(reader, reason):
+            return
+        log.error("Kafka reader of %s[%d] replaced: %s", self.topic, reader.partition, reason)
+        try:
+            start = self.resolve(reader.partition, pos)
+        except StreamTrainerError as err:
+            self._fail(err)
+            return
+        self.add(reader.partition, start)
+
     def _run(self, reader: PartitionReader, start: int, count: int | None) -> None:
         while not self.stop.is_set():
             try:
@@ -170,6 +233,8 @@ class KafkaSource:
                 reader.read(start, -1 if count is None else count)
                 break  # only a bounded read returns
             except tf.errors.OpError as exc:
+                if reader.retired:  # replaced by the watchdog: its successor reads on
+                    return
                 resumed = self._after_failure(reader, start, exc)
                 if resumed is None:
                     return
@@ -183,8 +248,30 @@ class KafkaSource:
                     self.inbox.put_end()
 
     def _after_failure(self, reader: PartitionReader, start: int, exc: tf.errors.OpError) -> int | None:
-        """Count the failure; return where to resume, or None when the source must give up."""
+        """Count the failure; return where to resume, or None when the source must give up.
+
+        Finding out where to resume can fail too (the topic is being recreated, the broker is
+        away): that counts as one more failure of the same reader, retried after the backoff.
+        """
         reason = str(exc.message).strip().splitlines()[0][:300]
+        resume = reader.next_offset if reader.next_offset >= 0 else start
+        while True:
+            if self._count_failure(reader, reason):
+                return None
+            log.error("Kafka reader of %s[%d] failed at offset %d (%s); restarting in %.0f s", self.topic,
+                      reader.partition, resume, reason, self.backoff_s)
+            if self.stop.wait(self.backoff_s):
+                return None
+            try:
+                return self.resolve(reader.partition, resume)
+            except OffsetResetError as err:  # a decision for a person: never retried
+                self._fail(err)
+                return None
+            except StreamTrainerError as err:
+                reason = str(err)
+
+    def _count_failure(self, reader: PartitionReader, reason: str) -> bool:
+        """Record one failure; True (and ``failure`` set) once there were too many."""
         now = time.monotonic()
         with self._lock:
             self.restarts += 1
@@ -192,25 +279,13 @@ class KafkaSource:
             while self._failures and now - self._failures[0] > self.cfg.restart_window_s:
                 self._failures.popleft()
             too_many = len(self._failures) > self.cfg.max_restarts
-        from stream_trainer import metrics  # the source is usable without the metrics module loaded
-
         metrics.SOURCE_RESTARTS.labels(self.topic, str(reader.partition)).inc()
         if too_many:
             msg = (f"the Kafka reader of {self.topic}[{reader.partition}] failed {len(self._failures)} times within "
                    f"{self.cfg.restart_window_s:.0f} s (last: {reason}); giving up so a supervisor can restart "
                    f"the trainer (trainer.source.max_restarts)")
             self._fail(InputPipelineError(msg))
-            return None
-        resume = reader.next_offset if reader.next_offset >= 0 else start
-        log.error("Kafka reader of %s[%d] failed at offset %d (%s); restarting in %.0f s", self.topic,
-                  reader.partition, resume, reason, self.backoff_s)
-        if self.stop.wait(self.backoff_s):
-            return None
-        try:
-            return self.resolve(reader.partition, resume)
-        except StreamTrainerError as err:
-            self._fail(err)
-            return None
+        return too_many
 
     def _fail(self, err: StreamTrainerError) -> None:
         with self._lock:

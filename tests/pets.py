@@ -35,6 +35,7 @@ def tiny_settings(bootstrap: str, tmp_path: Path, topic: str, **overrides: Any) 
         "trainer.checkpoint.export_dir": str(tmp_path / "export"),
         "trainer.checkpoint.every_steps": 10,
         "trainer.checkpoint.every_seconds": 0,
+        "trainer.checkpoint.export_every_s": 0,
         "trainer.metrics.port": 0,
     }
     base.update({k.replace("__", "."): v for k, v in overrides.items()})

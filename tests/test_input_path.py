@@ -85,7 +85,8 @@ def _rows(n: int, start: int = 0, arrived: float | None = None) -> Rows:
     return Rows(image=np.full((n, SIZE, SIZE, 3), 7, np.uint8), mask=np.ones((n, SIZE, SIZE, 1), np.uint8),
                 partition=np.zeros(n, np.int32), offset=np.arange(start, start + n, dtype=np.int64),
                 prev=np.arange(start - 1, start + n - 1, dtype=np.int64), produce_ts_ms=np.zeros(n, np.int64),
-                nbytes=np.full(n, 100, np.int32), arrived=np.full(n, time.monotonic() if arrived is None else arrived))
+                nbytes=np.full(n, 100, np.int32), arrived=np.full(n, time.monotonic() if arrived is None else arrived),
+                epoch=np.zeros(n, np.int32))
 
 
 def _batcher(fresh: FreshRows, replay: ReplayStore | None = None, wait_ms: int = 200, fraction: float = 0.25,

@@ -70,7 +70,8 @@ def trained(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> d
     tmp = tmp_path_factory.mktemp("trained")
     topic = f"e2e-{tmp.name[-6:]}"
     settings = tiny_settings(kafka_bootstrap, tmp, topic, trainer__loop__max_steps=120,
-                             trainer__loop__eval_every_steps=60, trainer__checkpoint__every_steps=40)
+                             trainer__loop__eval_every_steps=60, trainer__checkpoint__every_steps=40,
+                             trainer__loop__trained_log=str(tmp / "trained.log"))
     cluster = Cluster(settings.kafka)
     cluster.ensure_topics({topic: 2, settings.topics.eval: 1})
     # Poison first, in partition 0, so later good messages surround it.
@@ -95,15 +96,27 @@ def test_model_learns_eval_iou_rises_above_the_untrained_model(trained: dict) ->
     assert last.pixel_accuracy > 0.8
 
 
+def _handled(settings: object) -> dict[int, set[int]]:
+    """Per partition, the offsets trained (trained log) or dead-lettered (read back from its topic)."""
+    out: dict[int, set[int]] = {0: set(), 1: set()}
+    for line in Path(settings.trainer.loop.trained_log).read_text().splitlines():  # type: ignore[attr-defined]
+        p, o, _ = (int(x) for x in line.split())
+        out[p].add(o)
+    for headers in _dead_letter_headers(settings).values():
+        out[int(headers["dlq.partition"])].add(int(headers["dlq.offset"]))
+    return out
+
+
 def test_checkpoint_holds_step_and_offsets_and_the_group_commit_matches(trained: dict) -> None:
-    settings, summary = trained["settings"], trained["summary"]
+    settings = trained["settings"]
     step, topic, offsets = read_positions(settings.trainer.checkpoint.dir)
     assert (step, topic) == (120, settings.topics.train)
-    assert offsets == summary.positions and set(offsets) == {0, 1}
-    # Offsets are "next to train": at most the messages read so far, at least a good share of them.
-    images = summary.images + len(trained["poison"])
-    assert sum(offsets.values()) <= images
-    assert sum(offsets.values()) >= images - 3 * settings.trainer.pipeline.shuffle_buffer
+    # "Next to train", derived independently: per partition the first offset neither trained nor
+    # dead-lettered, and everything below it was.
+    handled = _handled(settings)
+    expected = {p: next(o for o in range(len(done) + 1) if o not in done) for p, done in handled.items()}
+    assert offsets == expected
+    assert all(o >= 20 for o in offsets.values())
     group = Cluster(settings.kafka, group_id=settings.trainer.source.group_id)
     assert group.committed(settings.topics.train, [0, 1]) == offsets
     group.close()
@@ -134,19 +147,24 @@ def test_eval_snapshot_pictures_are_written(trained: dict) -> None:
     assert (snaps / "eval-step-00000120.png").exists()
 
 
-def test_each_poison_kind_is_dead_lettered_with_its_reason_and_position(trained: dict) -> None:
-    settings = trained["settings"]
-    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "dlq-check",
+def _dead_letter_headers(settings: object, expected: int = 8) -> dict[bytes, dict[str, bytes]]:
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "dlq-check",  # type: ignore[attr-defined]
                   "auto.offset.reset": "earliest"})
-    c.assign([TopicPartition(settings.topics.dead_letter, 0, 0)])
+    c.assign([TopicPartition(settings.topics.dead_letter, 0, 0)])  # type: ignore[attr-defined]
     got: dict[bytes, dict[str, bytes]] = {}
     for _ in range(40):
         msg = c.poll(0.5)
         if msg is not None and msg.error() is None:
             got[msg.key()] = {k: v for k, v in msg.headers()} | {"value": msg.value() or b""}
-        if len(got) == len(trained["poison"]):
+        if len(got) == expected:
             break
     c.close()
+    return got
+
+
+def test_each_poison_kind_is_dead_lettered_with_its_reason_and_position(trained: dict) -> None:
+    settings = trained["settings"]
+    got = _dead_letter_headers(settings, len(trained["poison"]))
     assert {k.decode() for k in got} == set(trained["poison"])
     for key, headers in got.items():
         assert headers["dlq.reason"] == key, headers["dlq.detail"]
@@ -162,22 +180,56 @@ def test_restart_resumes_from_the_checkpoint_step_and_offsets(trained: dict, tmp
     loop = dataclasses.replace(settings.trainer.loop, max_steps=5, eval_every_steps=0)
     again = dataclasses.replace(settings, trainer=dataclasses.replace(settings.trainer, loop=loop))
     before = read_positions(settings.trainer.checkpoint.dir)
+    trained_before = len(Path(settings.trainer.loop.trained_log).read_text().splitlines())
     summary = run_trainer(again)
     assert summary.start_step == 120 and summary.step == 125
     after = read_positions(settings.trainer.checkpoint.dir)
     assert after[0] == 125
-    assert all(after[2][p] >= before[2][p] for p in before[2])
+    # The positions moved by exactly the fresh messages the 5 new steps trained, from the old ones.
+    new = [tuple(int(x) for x in line.split()) for line in
+           Path(settings.trainer.loop.trained_log).read_text().splitlines()[trained_before:]]
+    assert len(new) == summary.images > 0
+    for p in (0, 1):
+        mine = sorted(o for q, o, _ in new if q == p)
+        assert mine == list(range(before[2][p], after[2][p])), (p, before, after)
 
 
 def test_stop_event_ends_an_idle_trainer_promptly(kafka_bootstrap: str, tmp_path: Path,
                                                   new_topic: Callable[..., str]) -> None:
     import time
 
+    import logging
+
     topic = new_topic(partitions=2)
     settings = tiny_settings(kafka_bootstrap, tmp_path, topic)
     stop = threading.Event()
-    threading.Timer(6.0, stop.set).start()
-    t0 = time.monotonic()
-    summary = run_trainer(settings, stop=stop)
-    assert summary.stopped_by == "signal" and summary.step == 0
-    assert time.monotonic() - t0 < 20
+    looping = threading.Event()
+
+    class StatusLine(logging.Handler):
+        """The loop's first status line: it is running, its readers blocked in tfio's read."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name == "stream_trainer.loop" and record.getMessage().startswith("step 0 |"):
+                looping.set()
+
+    handler = StatusLine()
+    loop_log = logging.getLogger("stream_trainer.loop")
+    level = loop_log.level
+    loop_log.setLevel(logging.INFO)
+    loop_log.addHandler(handler)
+    result: list[object] = []
+    runner = threading.Thread(target=lambda: result.append(run_trainer(settings, stop=stop)), daemon=True)
+    try:
+        runner.start()
+        assert looping.wait(90), "the loop never reported its status"
+        t0 = time.monotonic()
+        stop.set()
+        runner.join(20)
+        stopped_in = time.monotonic() - t0
+    finally:
+        loop_log.removeHandler(handler)
+        loop_log.setLevel(level)
+    assert result, "run_trainer did not return after stop"
+    summary = result[0]
+    assert summary.stopped_by == "signal" and summary.step == 0  # type: ignore[attr-defined]
+    assert stopped_in < 5

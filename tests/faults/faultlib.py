@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Shapes every fault scenario shares; scenarios state the ones their bounds depend on.
 BATCH = 4
-SHUFFLE = 8
+SHUFFLE = 0  # fresh rows train oldest first: the duplicate bound is one checkpoint interval exactly
 CHECKPOINT_EVERY = 5
 
 
@@ -158,6 +158,7 @@ class Rig:
                          "snapshot_dir": str(self.tmp / "snapshots")},
                 "checkpoint": {"dir": str(self.checkpoint_dir), "export_dir": str(self.tmp / "export"),
                                "every_steps": CHECKPOINT_EVERY, "every_seconds": 0, "keep": 3},
+                "replay": {"size_mib": 4},
                 "metrics": {"host": "127.0.0.1", "port": 0}},
         }
         for key, value in dotted.items():

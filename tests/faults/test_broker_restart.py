@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 from faultlib import Rig, free_port, log_ends, make_rig, metric, missing_offsets, read_trained, scrape
 
+from stream_trainer.config import KafkaConfig
+from stream_trainer.kafka import Cluster
+
 from stream_trainer.workbench.broker import LocalBroker
 
 # The 5.0 s bucket of stream_trainer_input_wait_seconds: waits longer than it are outages, not jitter.
@@ -122,3 +125,52 @@ def test_killed_broker_restart_is_ridden_out_and_nothing_is_lost(restart_rig: Ri
 @pytest.mark.slow
 def test_broker_down_longer_than_the_socket_timeout_is_ridden_out(restart_rig: Rig, broker: LocalBroker) -> None:
     _outage(restart_rig, broker, kill=True, down_s=75)
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_recreated_topic_fails_the_readers_which_restart_and_train_the_new_topic_from_its_start(
+        restart_rig: Rig) -> None:
+    """The topic is deleted under a running trainer and recreated empty. tfio only logs 'unknown
+    topic' and waits; the reader watchdog finds each reader's position beyond the new log end,
+    replaces the reader at the new start (``on_offset_reset: earliest``), and the refilled topic
+    is trained from offset 0: nothing of it skipped, nothing of the old topic mistaken for it."""
+    rig = restart_rig
+    port = free_port()
+    log = rig.tmp / "trained.log"
+    settings = rig.settings(trainer__loop__trained_log=str(log), trainer__metrics__port=port,
+                            trainer__source__on_offset_reset="earliest", trainer__source__max_restarts=30,
+                            trainer__source__stall_timeout_s=10)
+    config = rig.write_config("settings.yaml", settings)
+    producer = rig.producer(config)
+    trainer = rig.trainer(config)
+    rig.wait_until(lambda: len(read_trained(log)) >= 40, 180, "40 trained messages", alive=(trainer, producer))
+    assert producer.stop() == 0
+    before = len(read_trained(log))
+    old_ends = log_ends(rig.bootstrap, rig.topic)
+
+    cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
+    try:
+        cluster.admin.delete_topics([rig.topic])[rig.topic].result(30)
+        rig.wait_until(lambda: rig.topic not in cluster.admin.list_topics(timeout=5).topics, 60, "topic deleted")
+        time.sleep(3)  # tfio only logs "unknown topic" and waits: the trainer must ride a missing topic out
+        rig.require_alive(trainer)
+        cluster.ensure_topics({rig.topic: rig.partitions})
+    finally:
+        cluster.close()
+    # The readers move back once they see the recreated topic (empty: their positions are beyond its end).
+    rig.wait_until(lambda: "".join(trainer.output).count("(on_offset_reset=earliest)") >= rig.partitions, 120,
+                   "every reader to move back to the new topic's start", alive=(trainer,))
+    restarts = metric(scrape(port), "stream_trainer_source_restarts_total")
+    assert restarts >= rig.partitions
+    refill = rig.producer(config, "producer-2")
+    rig.wait_until(lambda: sum(log_ends(rig.bootstrap, rig.topic).values()) >= 40, 120, "the new topic refilled",
+                   alive=(trainer, refill))
+    new_ends = log_ends(rig.bootstrap, rig.topic)
+    after = lambda: Counter((p, o) for p, o, _ in read_trained(log)[before:])  # noqa: E731
+    rig.wait_until(lambda: not missing_offsets(after(), new_ends), 180,
+                   f"every offset of the recreated topic below {new_ends} trained", alive=(trainer, refill))
+    assert trainer.stop() == 0, f"the trainer did not stop cleanly{rig.logs()}"
+    refill.stop()
+    report = {"old_ends": old_ends, "new_ends": new_ends, "source_restarts": restarts, "skipped": 0}
+    print(f"recreated-topic report: {json.dumps(report)}")
