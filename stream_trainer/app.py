@@ -29,6 +29,7 @@ from stream_trainer.inputs import Inputs, start_offsets
 from stream_trainer.kafka import Cluster
 from stream_trainer.loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.model import build_optimizer, build_unet
+from stream_trainer.ownership import DirectoryLock, claim
 from stream_trainer.progress import OffsetTracker
 from stream_trainer.replay import ReplayStore
 from stream_trainer.replay_fetch import restore_store
@@ -94,6 +95,12 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     cluster.ensure_topics({topics.dead_letter: 1}, topics.replication_factor)
 
     policy = precision.apply(tcfg.model.precision)
+    # The chief owns the checkpoint directory and the group before it restores anything, so a
+    # newer copy (rolling update) takes over from the older one's last checkpoint.
+    lock = DirectoryLock(tcfg.checkpoint.dir)
+    if workers.is_chief and not claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop):
+        cluster.close()
+        return RunSummary(stopped_by="signal")
     with workers.scope():
         model = build_unet(tcfg.pipeline.image_size, tcfg.model)
         optimizer = build_optimizer(tcfg.model)
@@ -155,6 +162,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     if workers.is_chief and not committer.flush():
         log.error("final offset commit failed; the group lags the checkpoint until the next run commits")
     cluster.close()
+    lock.release()
     log.info("trainer stopped: %s", summary)
     if not summary.final_checkpoint_ok:
         msg = (f"the final checkpoint at step {summary.step} could not be written (see the error above); the last "

@@ -76,6 +76,7 @@ class Committer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.cluster.keepalive()
             self._commit_pending()
             self._update_lag()
             self._wake.wait(self._lag_every_s)

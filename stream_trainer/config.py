@@ -204,6 +204,8 @@ class CheckpointConfig:
     # An export takes seconds (two traced signatures + model.keras): at most one per this many
     # seconds, plus the first and the last checkpoint of a run. 0 = after every checkpoint.
     export_every_s: float = 300.0
+    # Another trainer holds this directory or the consumer group (ownership.py): wait | fail.
+    when_owned: str = "wait"
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,8 @@ class Settings:
              "must be in [0, 1] (a mean IoU difference)"),
             (self.trainer.checkpoint.export_keep >= 1, "trainer.checkpoint.export_keep", "must be >= 1"),
             (self.trainer.checkpoint.export_every_s >= 0, "trainer.checkpoint.export_every_s", "must be >= 0"),
+            (self.trainer.checkpoint.when_owned in {"wait", "fail"}, "trainer.checkpoint.when_owned",
+             "must be wait or fail"),
             (self.trainer.checkpoint.every_steps > 0 or self.trainer.checkpoint.every_seconds > 0,
              "trainer.checkpoint.every_steps",
              "and trainer.checkpoint.every_seconds are both 0, which would never checkpoint (no offsets saved, "

@@ -15,8 +15,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException, Message
+
 from stream_trainer import metrics, poison
+from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka import Cluster
+from stream_trainer.kafka.cluster import DELIVERY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,10 @@ class Hole:
     # False once the partition was moved back (topic recreated): the hole's offsets now name
     # other messages, which must not be dead-lettered.
     still_wanted: Callable[[], bool] = lambda: True
+
+
+class DeliveryError(Exception):
+    """Messages were not accepted by the dead-letter topic (deleted, not authorised, cluster away)."""
 
 
 class DeadLetterWorker:
@@ -54,6 +62,7 @@ class DeadLetterWorker:
                still_wanted: Callable[[], bool] = lambda: True) -> None:
         """Dead-letter the messages of ``topic[partition]`` in [start, end), then call ``on_done``."""
         self._holes.put(Hole(topic, partition, start, end, on_done, still_wanted))
+        metrics.DEAD_LETTER_BACKLOG.set(self._holes.unfinished_tasks)
 
     def idle(self) -> bool:
         return self._holes.unfinished_tasks == 0
@@ -65,51 +74,65 @@ class DeadLetterWorker:
             except queue.Empty:
                 continue
             try:
-                while not self.stop.is_set() and hole.still_wanted():
-                    try:
-                        self._handle(hole)
-                        hole.on_done()
-                        break
-                    except Exception:  # noqa: BLE001 - broker trouble: retry, never drop the hole
-                        log.warning("dead-lettering %s[%d] %d..%d failed; retrying", hole.topic, hole.partition,
-                                    hole.start, hole.end - 1, exc_info=True)
-                        self.stop.wait(self.retry_s)
+                self._until_done(hole)
             finally:
                 self._holes.task_done()
+                metrics.DEAD_LETTER_BACKLOG.set(self._holes.unfinished_tasks)
 
-    def _handle(self, hole: Hole) -> None:
-        messages = self.cluster.read_range(hole.topic, hole.partition, hole.start, hole.end)
+    def _until_done(self, hole: Hole) -> None:
+        """Publish the hole's messages, retrying (never dropping) until the dead-letter topic takes them."""
+        pending: dict[int, tuple[Message, poison.Verdict]] | None = None
+        while not self.stop.is_set() and hole.still_wanted():
+            try:
+                if pending is None:
+                    messages = self.cluster.read_range(hole.topic, hole.partition, hole.start, hole.end)
+                    pending = {m.offset(): (m, poison.classify(m.value())) for m in messages}
+                self._publish(hole.topic, pending)
+                hole.on_done()
+                return
+            except (KafkaException, StreamTrainerError, DeliveryError) as exc:
+                metrics.DEAD_LETTER_FAILURES.inc()
+                log.error("dead-lettering %s[%d] offsets %d..%d to %s failed (%s); positions wait, retrying in %.0f s",
+                          hole.topic, hole.partition, hole.start, hole.end - 1, self.dead_letter_topic, exc,
+                          self.retry_s)
+                self.stop.wait(self.retry_s)
+
+    def _publish(self, topic: str, pending: dict[int, tuple[Message, poison.Verdict]]) -> None:
+        """Produce every pending message; remove each once delivered, so a retry sends only the rest."""
         producer = self.cluster.producer
-        failures: list[str] = []
-        reasons: list[str] = []
+        errors: list[str] = []
 
-        def delivered(err: object, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
+        def delivered(offset: int) -> Callable[[object, object], None]:
+            def callback(err: object, _msg: object) -> None:
+                if err is not None:
+                    errors.append(str(err))
+                    return
+                msg, verdict = pending.pop(offset)
+                # Counted once delivered: a retried hole is never counted twice.
+                metrics.DEAD_LETTERED.labels(topic, verdict.reason).inc()
+                metrics.MESSAGES_CONSUMED.labels(topic).inc()
+                self.sent += 1
+                log.warning("dead-lettered %s partition=%d offset=%d reason=%s: %s", topic, msg.partition(), offset,
+                            verdict.reason, verdict.detail)
 
-        for msg in messages:
-            verdict = poison.classify(msg.value())
+            return callback
+
+        for offset, (msg, verdict) in list(pending.items()):
             headers = [
-                ("dlq.topic", hole.topic.encode()),
+                ("dlq.topic", topic.encode()),
                 ("dlq.partition", str(msg.partition()).encode()),
-                ("dlq.offset", str(msg.offset()).encode()),
+                ("dlq.offset", str(offset).encode()),
                 ("dlq.reason", verdict.reason.encode()),
                 ("dlq.detail", verdict.detail.encode()),
             ]
             producer.produce(self.dead_letter_topic, key=msg.key(), value=msg.value(), headers=headers,
-                             on_delivery=delivered)
-            log.warning("dead-lettered %s partition=%d offset=%d reason=%s: %s", hole.topic, msg.partition(),
-                        msg.offset(), verdict.reason, verdict.detail)
-            reasons.append(verdict.reason)
-        remaining = producer.flush(10)
-        if remaining or failures:
-            msg_ = f"dead-letter delivery to {self.dead_letter_topic} failed: {remaining} pending, errors {failures[:3]}"
-            raise RuntimeError(msg_)
-        # Counted only once delivered: a retried hole must not be counted twice.
-        for reason in reasons:
-            metrics.DEAD_LETTERED.labels(hole.topic, reason).inc()
-            metrics.MESSAGES_CONSUMED.labels(hole.topic).inc()
-        self.sent += len(reasons)
+                             on_delivery=delivered(offset))
+        # The producer fails undelivered messages after its message.timeout.ms (kafka/cluster.py),
+        # so after this flush every message is either delivered or definitively failed.
+        producer.flush(DELIVERY_TIMEOUT_S + 5)
+        if pending:
+            msg_ = f"{len(pending)} not delivered ({'; '.join(sorted(set(errors))[:3]) or 'timed out'})"
+            raise DeliveryError(msg_)
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)

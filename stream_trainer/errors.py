@@ -37,3 +37,7 @@ class PeerLostError(StreamTrainerError):
 
 class OffsetResetError(StreamTrainerError):
     """A saved position lies beyond a partition's log end and trainer.source.on_offset_reset is fail."""
+
+
+class OwnershipError(StreamTrainerError):
+    """Another trainer owns the checkpoint directory or the consumer group (when_owned: fail)."""

@@ -58,6 +58,12 @@ SKIPPED_STEPS = Counter(
 DEAD_LETTERED = Counter(
     "stream_trainer_dead_letter_messages_total", "Malformed messages sent to the dead-letter topic.",
     ["topic", "reason"], registry=REGISTRY)
+DEAD_LETTER_BACKLOG = Gauge(
+    "stream_trainer_dead_letter_backlog", "Groups of malformed messages waiting to be dead-lettered; positions "
+    "stay behind them until they are.", registry=REGISTRY)
+DEAD_LETTER_FAILURES = Counter(
+    "stream_trainer_dead_letter_failures_total", "Attempts to publish to the dead-letter topic that failed "
+    "(they are retried).", registry=REGISTRY)
 MESSAGES_LOST = Counter(
     "stream_trainer_messages_lost_total",
     "Messages deleted (by retention) before the trainer read them; the trainer continued after them.",

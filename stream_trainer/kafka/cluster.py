@@ -8,6 +8,7 @@ librdkafka side that does the bookkeeping tfio's bundled librdkafka 1.5.0 cannot
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ def _retry(what: str, call, timeout_s: float):  # noqa: ANN001, ANN202
             time.sleep(0.25)
 
 
+DELIVERY_TIMEOUT_S = 10.0
+
+
 @dataclass(frozen=True)
 class Watermarks:
     low: int
@@ -85,15 +89,20 @@ class Cluster:
         if self._consumer is None:
             self._consumer = Consumer(client_config(
                 self.kafka, **{"group.id": self.group_id, "enable.auto.commit": False,
-                               "enable.partition.eof": False, "auto.offset.reset": "earliest"},
+                               "enable.partition.eof": False, "auto.offset.reset": "earliest",
+                               # As a group member (join_group): a dead trainer leaves within this.
+                               "session.timeout.ms": 10000, "heartbeat.interval.ms": 3000},
             ))
         return self._consumer
 
     @property
     def producer(self) -> Producer:
+        """The dead-letter producer: a message it cannot deliver fails after DELIVERY_TIMEOUT_S,
+        so its sender knows which ones to send again (nothing is retried twice by both)."""
         if self._producer is None:
             self._producer = Producer(client_config(
-                self.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5},
+                self.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                               "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)},
             ))
         return self._producer
 
@@ -177,6 +186,48 @@ class Cluster:
             tps = [TopicPartition(topic, p, o) for p, o in offsets.items()]
             _retry(f"committing offsets for group '{self.group_id}'",
                    lambda: self.consumer.commit(offsets=tps, asynchronous=False), self.kafka.connect_timeout_s)
+
+    def join_group(self, topic: str, timeout_s: float = 30.0) -> list[str]:
+        """Become a member of the consumer group (subscribed to ``topic``, every partition paused:
+        nothing is fetched through the group); return the *other* members, [] when alone.
+
+        Alone means the first assignment is the whole topic: a second member would have taken
+        some partitions (see ``ownership.py``).
+        """
+        assigned = threading.Event()
+        got: list[TopicPartition] = []
+
+        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            got[:] = partitions
+            assigned.set()
+
+        self.consumer.subscribe([topic], on_assign=on_assign)
+        deadline = time.monotonic() + timeout_s
+        while not assigned.is_set() and time.monotonic() < deadline:
+            self.consumer.poll(0.2)
+        total = len(self.partitions(topic))
+        if assigned.is_set() and len(got) == total:
+            return []
+        return self._other_members() or ["a member that did not say who it is"]
+
+    def _other_members(self) -> list[str]:
+        try:
+            desc = self.admin.describe_consumer_groups([self.group_id])[self.group_id].result(10)
+        except KafkaException:
+            return []
+        me = self.consumer.memberid()
+        return [f"{m.client_id} at {m.host}" for m in desc.members if m.member_id != me]
+
+    def keepalive(self) -> None:
+        """Serve group callbacks (a rebalance re-pauses the partitions); cheap, never blocks."""
+        if self._consumer is not None:
+            self._consumer.poll(0)
+
+    def leave_group(self) -> None:
+        if self._consumer is not None:
+            self._consumer.unsubscribe()
 
     def read_range(self, topic: str, partition: int, start: int, end: int, timeout_s: float = 10.0) -> list[Message]:
         """Messages with start <= offset < end (those that still exist), for re-reading skipped ones."""
