@@ -29,3 +29,13 @@ class CheckpointError(StreamTrainerError):
 
 class InputPipelineError(StreamTrainerError):
     """The tf.data input pipeline could not be built or run (not a passing broker outage)."""
+
+
+class AuthenticationError(BrokerUnavailableError):
+    """The cluster answers but the two sides do not trust each other: SASL credentials refused, a
+    broker certificate that is untrusted or names another host, or a security protocol that does
+    not match the listener. Retrying does not help; the configuration or the cluster must change."""
+
+
+class AuthorizationError(BrokerUnavailableError):
+    """The cluster knows who we are, but an ACL forbids what we asked for."""

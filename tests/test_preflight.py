@@ -1,0 +1,58 @@
+"""``preflight.check`` against the session's plaintext broker: success, cost, and the failures a
+plaintext listener can show. The SASL_SSL failures are in ``tests/faults/test_secured_cluster.py``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from stream_trainer.config import KafkaConfig
+from stream_trainer.errors import AuthenticationError, BrokerUnavailableError
+from stream_trainer.kafka import preflight
+from stream_trainer.workbench.broker import free_port
+
+
+def test_check_passes_against_a_reachable_plaintext_broker(kafka_config: KafkaConfig,
+                                                           new_topic: Callable[..., str]) -> None:
+    preflight.check(kafka_config, new_topic(1))
+    preflight.check(kafka_config, "no-such-topic-is-left-to-the-caller")
+    preflight.check(kafka_config, None)
+
+
+def test_check_is_cheap_enough_to_repeat(kafka_config: KafkaConfig) -> None:
+    runs = 10
+    wall, cpu = time.monotonic(), time.process_time()
+    for _ in range(runs):
+        preflight.check(kafka_config)
+    wall, cpu = (time.monotonic() - wall) / runs, (time.process_time() - cpu) / runs
+    print(f"preflight.check, plaintext, fresh client each time: {wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU")
+    assert wall < 1.0
+
+
+def test_unreachable_broker_is_reported_after_the_connect_timeout() -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailableError) as info:
+        preflight.check(KafkaConfig(bootstrap_servers=nobody, connect_timeout_s=2))
+    took = time.monotonic() - t0
+    assert not isinstance(info.value, AuthenticationError)
+    assert str(info.value).startswith(f"Kafka broker unreachable at {nobody} after 2 s (")
+    assert "Connection refused" in str(info.value) and "kafka.bootstrap_servers" in str(info.value)
+    assert 2 <= took < 6, took
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_tls_client_against_a_plaintext_listener_is_named_as_such(kafka_bootstrap: str, protocol: str) -> None:
+    client = {"security.protocol": protocol}
+    if protocol == "SASL_SSL":
+        client |= {"sasl.mechanism": "PLAIN", "sasl.username": "u", "sasl.password": "pw-never-shown"}
+    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, client=client, connect_timeout_s=10)
+    t0 = time.monotonic()
+    with pytest.raises(AuthenticationError) as info:
+        preflight.check(kafka)
+    message = str(info.value)
+    assert f"the listener at {kafka_bootstrap.split(',')[0]} does not speak TLS" in message
+    assert f"security.protocol is {protocol}" in message and "pw-never-shown" not in message
+    assert time.monotonic() - t0 < 5, "found by librdkafka's first handshake error, not at the timeout"
