@@ -50,7 +50,7 @@ def _creation_error(topic: str, replication_factor: int, exc: KafkaException, ka
                            f"brokers, or -1 for its default")
     if code == KafkaError.INVALID_PARTITIONS:
         return ConfigError(f"config key 'topics.partitions': creating topic '{topic}' was refused by {where}: {reason}")
-    if code in (KafkaError.POLICY_VIOLATION, KafkaError.INVALID_CONFIG, KafkaError.INVALID_TOPIC_EXCEPTION):
+    if code in (KafkaError.POLICY_VIOLATION, KafkaError.INVALID_CONFIG, KafkaError.TOPIC_EXCEPTION):
         return ConfigError(f"creating topic '{topic}' was refused by {where} ({err.name()}): {reason}; create it by "
                            f"hand as the cluster's policy requires, or change topics.*")
     if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):

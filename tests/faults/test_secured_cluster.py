@@ -223,8 +223,10 @@ def test_security_misconfiguration_is_one_line_exit_2_in_time_without_secrets(
     topic = _topic(secured.bootstrap)
     settings = {"kafka": {"bootstrap_servers": secured.secure_bootstrap, "connect_timeout_s": CONNECT_TIMEOUT_S,
                           **kafka},
-                "topics": {"train": topic},
-                "trainer": {"metrics": {"port": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")}}}
+                # All under the ACL prefix: a check that let a bad setting through must reach tfio.
+                "topics": {"train": topic, "eval": f"{topic}-eval", "dead_letter": f"{topic}-dlq"},
+                "trainer": {"metrics": {"port": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
+                            "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots")}}}
     path = tmp_path / "trainer.yaml"
     path.write_text(yaml.safe_dump(settings))
     start = time.monotonic()
@@ -285,6 +287,19 @@ def test_topic_without_acls_is_an_authorization_error_naming_the_user(secured: L
     topic = _topic(secured.bootstrap)
     with pytest.raises(AuthorizationError, match=rf"user 'outsider' may not DESCRIBE topic '{topic}'"):
         preflight.check(_user(secured, "outsider"), topic)
+
+
+def test_topic_creation_refused_by_an_acl_is_one_line_naming_the_user(secured: LocalBroker) -> None:
+    trainer = Cluster(_user(secured, "trainer"))  # READ, DESCRIBE, WRITE on the prefix, but no CREATE
+    topic = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(AuthorizationError) as info:
+            trainer.ensure_topics({topic: 1})
+    finally:
+        trainer.close()
+    message = str(info.value)
+    assert message.startswith(f"'trainer' may not create topic '{topic}'"), message
+    assert "grant CREATE" in message and "\n" not in message
 
 
 def test_swapped_broker_certificate_is_caught_by_the_next_check(secured: LocalBroker, tmp_path: Path) -> None:
