@@ -220,7 +220,7 @@ CASES = ["wrong_password_scram", "wrong_password_plain", "unknown_user", "mechan
 def test_security_misconfiguration_is_one_line_exit_2_in_time_without_secrets(
         secured: LocalBroker, tmp_path: Path, case: str) -> None:
     kafka, fragment = _case(secured, tmp_path)[case]
-    topic = _topic(secured.bootstrap)
+    topic = _topic(secured.bootstrap, with_dead_letter=True)
     settings = {"kafka": {"bootstrap_servers": secured.secure_bootstrap, "connect_timeout_s": CONNECT_TIMEOUT_S,
                           **kafka},
                 # All under the ACL prefix: a check that let a bad setting through must reach tfio.
@@ -299,7 +299,7 @@ def test_topic_creation_refused_by_an_acl_is_one_line_naming_the_user(secured: L
         trainer.close()
     message = str(info.value)
     assert message.startswith(f"'trainer' may not create topic '{topic}'"), message
-    assert "grant CREATE" in message and "\n" not in message
+    assert "grant it CREATE on the topic" in message and "\n" not in message
 
 
 def test_swapped_broker_certificate_is_caught_by_the_next_check(secured: LocalBroker, tmp_path: Path) -> None:
