@@ -47,7 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     security.guard_secrets(settings.kafka)
     security.check(settings.kafka)
-    preflight.check(settings.kafka, settings.topics.train)
+    preflight.check(settings.kafka, settings.topics.train, group=settings.trainer.source.group_id)
     # Imported after the config is valid: TensorFlow takes seconds to load, a typo should not.
     from stream_trainer import app
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream_trainer.config import KafkaConfig
@@ -227,17 +227,45 @@ def _metadata(kafka: KafkaConfig, servers: str, topic: str | None, deadline: flo
             raise BrokerUnavailableError(msg)
 
 
-def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None = None) -> None:
+def _check_group(kafka: KafkaConfig, md, topic: str, group: str, deadline: float) -> None:  # noqa: ANN001
+    """AuthorizationError if an ACL keeps us from ``group``'s offsets; other answers are the caller's.
+
+    Asked through the admin API because a consumer's ``committed()`` reports a missing group ACL
+    only as a timeout. The partitions are named explicitly: confluent-kafka 2.16.1 crashes the
+    process (SIGSEGV) on this call's answer when it lists none.
+    """
+    partitions = sorted(md.topics[topic].partitions) if topic in md.topics else []
+    if not partitions:
+        return
+    admin = AdminClient(client_config(kafka, logger=RDKAFKA_LOG))
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    try:
+        (future,) = admin.list_consumer_group_offsets(
+            [request], request_timeout=max(1.0, deadline - time.monotonic())).values()
+        future.result()
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            msg = (f"{_who(kafka)} may not use consumer group '{group}' on {kafka.bootstrap_servers}; grant it READ "
+                   f"on the group (prefixed: the trainer also uses '{group}-tfio' and '{group}-reread'; "
+                   f"docs/operations.md)")
+            raise AuthorizationError(msg) from exc
+
+
+def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None = None,
+          group: str | None = None) -> None:
     """Prove within ``kafka.connect_timeout_s`` that the cluster answers us as configured, or raise.
 
     Success means: metadata answered, SASL accepted our credentials, and (with TLS) every broker
     in the metadata showed a certificate that the configured CA trusts and that names its address.
-    With ``topic``, we may also DESCRIBE it (a missing topic is left to the caller to report).
+    With ``topic``, we may also DESCRIBE it (a missing topic is left to the caller to report);
+    with ``topic`` and ``group``, we may also read the group's offsets.
 
     Raises, with one line that names the problem and never a secret:
     AuthenticationError (wrong username/password, mechanism not enabled, untrusted certificate,
     hostname mismatch, plaintext client on a TLS listener or the reverse), AuthorizationError (an
-    ACL forbids describing ``topic``), BrokerUnavailableError (nothing answered in time).
+    ACL forbids describing ``topic`` or using ``group``), BrokerUnavailableError (nothing answered
+    in time).
     """
     timeout = kafka.connect_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout
@@ -248,6 +276,8 @@ def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None 
             msg = (f"{_who(kafka)} may not DESCRIBE topic '{topic}' on {kafka.bootstrap_servers}; grant it "
                    f"DESCRIBE and READ on the topic (docs/operations.md lists every ACL each program needs)")
             raise AuthorizationError(msg)
+    if topic is not None and group is not None:
+        _check_group(kafka, md, topic, group, deadline)
     if _protocol(kafka) not in {"ssl", "sasl_ssl"}:
         return
     # tfio connects to every partition leader without verifying its hostname: prove each one here.
@@ -276,9 +306,10 @@ class Watchdog:
     """
 
     def __init__(self, kafka: KafkaConfig, topic: str | None, on_failure: Callable[[BrokerUnavailableError], None],
-                 interval_s: float = 30.0, stop: threading.Event | None = None) -> None:
+                 interval_s: float = 30.0, stop: threading.Event | None = None, group: str | None = None) -> None:
         self.kafka = kafka
         self.topic = topic
+        self.group = group
         self.on_failure = on_failure
         self.interval_s = interval_s
         self.stop_event = stop or threading.Event()
@@ -298,7 +329,7 @@ class Watchdog:
         strikes = 0
         while not self.stop_event.wait(self.interval_s if strikes == 0 else min(self.interval_s, RECHECK_S)):
             try:
-                check(self.kafka, self.topic)
+                check(self.kafka, self.topic, group=self.group)
                 strikes = 0
             except (AuthenticationError, AuthorizationError) as exc:
                 strikes += 1

@@ -208,12 +208,13 @@ def _case(broker: LocalBroker, tmp: Path) -> dict[str, tuple[dict[str, Any], str
                                   "'kafka.client.ssl.endpoint.identification.algorithm' is https"),
         "no_acl_on_the_topic": ({"client": broker.sasl_ssl.client("outsider")},
                                 "user 'outsider' may not DESCRIBE topic"),
+        "no_acl_on_the_group": ({"client": good}, "user 'trainer' may not use consumer group 'stream-trainer'"),
     }
 
 
 CASES = ["wrong_password_scram", "wrong_password_plain", "unknown_user", "mechanism_not_enabled", "untrusted_ca",
          "hostname_mismatch", "plaintext_client_on_tls_listener", "tls_client_on_plaintext_listener", "gssapi",
-         "equals_sign_in_password", "hostname_verification", "no_acl_on_the_topic"]
+         "equals_sign_in_password", "hostname_verification", "no_acl_on_the_topic", "no_acl_on_the_group"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -225,7 +226,8 @@ def test_security_misconfiguration_is_one_line_exit_2_in_time_without_secrets(
                           **kafka},
                 # All under the ACL prefix: a check that let a bad setting through must reach tfio.
                 "topics": {"train": topic, "eval": f"{topic}-eval", "dead_letter": f"{topic}-dlq"},
-                "trainer": {"metrics": {"port": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
+                "trainer": {"source": {"group_id": "stream-trainer" if case == "no_acl_on_the_group" else f"{topic}-g"},
+                            "metrics": {"port": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
                             "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots")}}}
     path = tmp_path / "trainer.yaml"
     path.write_text(yaml.safe_dump(settings))
@@ -287,6 +289,14 @@ def test_topic_without_acls_is_an_authorization_error_naming_the_user(secured: L
     topic = _topic(secured.bootstrap)
     with pytest.raises(AuthorizationError, match=rf"user 'outsider' may not DESCRIBE topic '{topic}'"):
         preflight.check(_user(secured, "outsider"), topic)
+
+
+def test_group_without_acls_is_an_authorization_error_naming_the_group(secured: LocalBroker) -> None:
+    topic = _topic(secured.bootstrap)
+    trainer = _user(secured, "trainer")
+    preflight.check(trainer, topic, group=f"{PREFIX}granted")
+    with pytest.raises(AuthorizationError, match=r"user 'trainer' may not use consumer group 'not-granted'"):
+        preflight.check(trainer, topic, group="not-granted")
 
 
 def test_topic_creation_refused_by_an_acl_is_one_line_naming_the_user(secured: LocalBroker) -> None:
