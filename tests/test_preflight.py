@@ -3,8 +3,11 @@ plaintext listener can show. The SASL_SSL failures are in ``tests/faults/test_se
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,12 +16,25 @@ from stream_trainer.errors import AuthenticationError, BrokerUnavailableError
 from stream_trainer.kafka import preflight
 from stream_trainer.workbench.broker import free_port
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_check_passes_against_a_reachable_plaintext_broker(kafka_config: KafkaConfig,
                                                            new_topic: Callable[..., str]) -> None:
     preflight.check(kafka_config, new_topic(1))
     preflight.check(kafka_config, "no-such-topic-is-left-to-the-caller")
     preflight.check(kafka_config, None)
+
+
+def test_group_check_survives_groups_that_never_committed(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    """In a child process: the admin call this check once used crashed the whole process (SIGSEGV)."""
+    topic = new_topic(1)
+    code = ("import sys; from stream_trainer.config import KafkaConfig; from stream_trainer.kafka import preflight; "
+            "k = KafkaConfig(bootstrap_servers=sys.argv[1], connect_timeout_s=10); "
+            "[preflight.check(k, sys.argv[2], group=g) for g in ('never-1', 'never-2')]; print('checked')")
+    proc = subprocess.run([sys.executable, "-c", code, kafka_bootstrap, topic], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and "checked" in proc.stdout, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
 
 
 def test_check_is_cheap_enough_to_repeat(kafka_config: KafkaConfig) -> None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from stream_trainer.config import KafkaConfig
@@ -227,21 +227,16 @@ def _metadata(kafka: KafkaConfig, servers: str, topic: str | None, deadline: flo
             raise BrokerUnavailableError(msg)
 
 
-def _check_group(kafka: KafkaConfig, md, topic: str, group: str, deadline: float) -> None:  # noqa: ANN001
-    """AuthorizationError if an ACL keeps us from ``group``'s offsets; other answers are the caller's.
+def _check_group(kafka: KafkaConfig, group: str, deadline: float) -> None:
+    """AuthorizationError if an ACL keeps us from ``group``; any other answer is the caller's business.
 
-    Asked through the admin API because a consumer's ``committed()`` reports a missing group ACL
-    only as a timeout. The partitions are named explicitly: confluent-kafka 2.16.1 crashes the
-    process (SIGSEGV) on this call's answer when it lists none.
+    Asked with DescribeGroups because a consumer's ``committed()`` reports a missing group ACL
+    only as a timeout. Not with ListConsumerGroupOffsets: confluent-kafka 2.16.1 crashes the
+    process (SIGSEGV) on its answer for a group that has committed nothing yet.
     """
-    partitions = sorted(md.topics[topic].partitions) if topic in md.topics else []
-    if not partitions:
-        return
-    admin = AdminClient(client_config(kafka, logger=RDKAFKA_LOG))
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    admin = AdminClient(client_config(kafka))
     try:
-        (future,) = admin.list_consumer_group_offsets(
-            [request], request_timeout=max(1.0, deadline - time.monotonic())).values()
+        (future,) = admin.describe_consumer_groups([group], request_timeout=max(1.0, deadline - time.monotonic())).values()
         future.result()
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
@@ -259,7 +254,7 @@ def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None 
     Success means: metadata answered, SASL accepted our credentials, and (with TLS) every broker
     in the metadata showed a certificate that the configured CA trusts and that names its address.
     With ``topic``, we may also DESCRIBE it (a missing topic is left to the caller to report);
-    with ``topic`` and ``group``, we may also read the group's offsets.
+    with ``group``, we may also use that consumer group.
 
     Raises, with one line that names the problem and never a secret:
     AuthenticationError (wrong username/password, mechanism not enabled, untrusted certificate,
@@ -276,8 +271,8 @@ def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None 
             msg = (f"{_who(kafka)} may not DESCRIBE topic '{topic}' on {kafka.bootstrap_servers}; grant it "
                    f"DESCRIBE and READ on the topic (docs/operations.md lists every ACL each program needs)")
             raise AuthorizationError(msg)
-    if topic is not None and group is not None:
-        _check_group(kafka, md, topic, group, deadline)
+    if group is not None:
+        _check_group(kafka, group, deadline)
     if _protocol(kafka) not in {"ssl", "sasl_ssl"}:
         return
     # tfio connects to every partition leader without verifying its hostname: prove each one here.
