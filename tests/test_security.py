@@ -270,7 +270,8 @@ TFIO_READ = """
     import os, sys
     from stream_trainer.config import KafkaConfig
     from stream_trainer.kafka import security
-    kafka = KafkaConfig(bootstrap_servers=sys.argv[1], client={"sasl.username": "trainer", "sasl.password": sys.argv[3]})
+    client = {"sasl.username": "trainer", "sasl.password": sys.argv[3]}
+    kafka = KafkaConfig(bootstrap_servers=sys.argv[1], client=client)
     if os.environ.get("GUARD") == "1":
         security.guard_secrets(kafka)
     import tensorflow_io.kafka as tfio_kafka

@@ -55,8 +55,8 @@ def _creation_error(topic: str, replication_factor: int, exc: KafkaException, ka
                            f"hand as the cluster's policy requires, or change topics.*")
     if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
         user = kafka.client.get("sasl.username", "this client")
-        return AuthorizationError(f"'{user}' may not create topic '{topic}' on {where} ({reason.rstrip('.')}); grant it "
-                                  f"CREATE on the topic or create the topic beforehand (docs/operations.md)")
+        return AuthorizationError(f"'{user}' may not create topic '{topic}' on {where} ({reason.rstrip('.')}); "
+                                  f"grant it CREATE on the topic or create the topic beforehand (docs/operations.md)")
     return BrokerUnavailableError(f"creating topic '{topic}' on {where} failed ({err.name()}): {reason}")
 
 

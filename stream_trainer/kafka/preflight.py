@@ -10,8 +10,7 @@ cannot verify itself.
 Classification: librdkafka's error codes first (``_AUTHENTICATION``: credentials or mechanism;
 ``_SSL``/``_TRANSPORT`` "certificate verify failed"; "connecting to a PLAINTEXT broker listener?").
 librdkafka reports an untrusted CA and a hostname mismatch alike, and a plaintext client against a
-TLS listener only as disconnects, so for those the listener is asked directly (one TLS handshake
-with Python's ``ssl``) to name the problem.
+TLS listener only as disconnects, so for those ``listener.diagnose`` asks the listener directly.
 
 Why a fresh client per check, not one kept open: SASL and TLS are checked when a connection
 opens; an open connection keeps working after the password is revoked or the certificate replaced
@@ -22,10 +21,7 @@ opens; an open connection keeps working after the password is revoked or the cer
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
+from stream_trainer.kafka import listener
 from stream_trainer.kafka.cluster import RDKAFKA_LOG, client_config
 from stream_trainer.kafka.security import redact, secret_values
 
@@ -58,23 +55,9 @@ class _Attempt:
         return [e.str() for e in self.errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
 
 
-def _addresses(servers: str) -> list[tuple[str, int]]:
-    out = []
-    for entry in servers.split(","):
-        entry = entry.strip().split("://")[-1]
-        host, _, port = entry.rpartition(":")
-        if host and port.isdigit():
-            out.append((host.strip("[]"), int(port)))
-    return out
-
-
-def _protocol(kafka: KafkaConfig) -> str:
-    return kafka.client.get("security.protocol", "plaintext").strip().lower()
-
-
 def _who(kafka: KafkaConfig) -> str:
     user = kafka.client.get("sasl.username")
-    return f"user '{user}'" if user and _protocol(kafka).startswith("sasl_") else "this client (no SASL user)"
+    return f"user '{user}'" if user and listener.protocol(kafka).startswith("sasl_") else "this client (no SASL user)"
 
 
 def _detail(text: str, kafka: KafkaConfig) -> str:
@@ -82,81 +65,6 @@ def _detail(text: str, kafka: KafkaConfig) -> str:
     text = re.sub(r"^\S*/(?:bootstrap|\d+): ", "", text)
     text = text.split(" (after ")[0]
     return redact(text, secret_values(kafka))
-
-
-# --- looking at a listener directly ------------------------------------------------------------
-
-def _tls_context(kafka: KafkaConfig, verify: bool, check_hostname: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = check_hostname
-    ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
-    if verify:
-        ca = kafka.client.get("ssl.ca.location", "")
-        if ca and os.path.isfile(ca):
-            ctx.load_verify_locations(cafile=ca)
-        elif ca and os.path.isdir(ca):
-            ctx.load_verify_locations(capath=ca)
-        else:
-            ctx.load_default_certs()
-    cert, key = kafka.client.get("ssl.certificate.location"), kafka.client.get("ssl.key.location")
-    if cert and key:
-        ctx.load_cert_chain(cert, key, password=kafka.client.get("ssl.key.password"))
-    return ctx
-
-
-def _handshake(host: str, port: int, ctx: ssl.SSLContext, timeout_s: float) -> Exception | None:
-    """None if a TLS handshake with ``ctx`` succeeds; the exception otherwise (OSError: no TCP)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            with ctx.wrap_socket(sock, server_hostname=host):
-                return None
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        return exc
-
-
-def _tcp_open(host: str, port: int, timeout_s: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _diagnose_listener(kafka: KafkaConfig, host: str, port: int, timeout_s: float) -> BrokerUnavailableError | None:
-    """Name a TLS or protocol problem at one listener, or None when it shows none (or is unreachable)."""
-    where = f"{host}:{port}"
-    protocol = _protocol(kafka)
-    if not _tcp_open(host, port, timeout_s):
-        return None
-    speaks_tls = _handshake(host, port, _tls_context(kafka, verify=False, check_hostname=False), timeout_s) is None
-    if protocol in {"plaintext", "sasl_plaintext"}:
-        if speaks_tls:
-            msg = (f"the listener at {where} speaks TLS but kafka.client.security.protocol is {protocol.upper()}; "
-                   f"set it to {'SASL_SSL' if protocol == 'sasl_plaintext' else 'SSL or SASL_SSL'} and "
-                   f"kafka.client.ssl.ca.location to the CA that signed the broker's certificate")
-            return AuthenticationError(msg)
-        return None
-    if not speaks_tls:
-        msg = (f"the listener at {where} does not speak TLS but kafka.client.security.protocol is "
-               f"{protocol.upper()}; use the broker's TLS listener in kafka.bootstrap_servers or set "
-               f"security.protocol to {'SASL_PLAINTEXT' if protocol == 'sasl_ssl' else 'PLAINTEXT'}")
-        return AuthenticationError(msg)
-    if kafka.client.get("enable.ssl.certificate.verification", "true").strip().lower() == "false":
-        return None
-    chain = _handshake(host, port, _tls_context(kafka, verify=True, check_hostname=False), timeout_s)
-    if isinstance(chain, ssl.SSLCertVerificationError):
-        msg = (f"TLS: the certificate of the broker at {where} is not trusted by the configured CA ({chain.verify_message}); set "
-               f"kafka.client.ssl.ca.location to the CA certificate that signed it")
-        return AuthenticationError(msg)
-    if kafka.client.get("ssl.endpoint.identification.algorithm", "https").strip().lower() == "none":
-        return None
-    name = _handshake(host, port, _tls_context(kafka, verify=True, check_hostname=True), timeout_s)
-    if isinstance(name, ssl.SSLCertVerificationError):
-        msg = (f"TLS hostname mismatch: the certificate of the broker at {where} is not valid for the name "
-               f"'{host}' ({name.verify_message}); connect with a name the certificate lists "
-               f"(kafka.bootstrap_servers, the brokers' advertised.listeners) or reissue the certificate")
-        return AuthenticationError(msg)
-    return None
 
 
 # --- asking the cluster ------------------------------------------------------------------------
@@ -178,15 +86,15 @@ def _security_error(attempt: _Attempt, kafka: KafkaConfig, servers: str,
                    f"kafka.client.sasl.username and kafka.client.sasl.password (broker said: {_detail(text, kafka)})")
             return AuthenticationError(msg)
         if "certificate verify failed" in text or err.code() == KafkaError._SSL:
-            for host, port in _addresses(servers):
-                found = _diagnose_listener(kafka, host, port, max(0.5, min(3.0, deadline - time.monotonic())))
+            for host, port in listener.addresses(servers):
+                found = listener.diagnose(kafka, host, port, max(0.5, min(3.0, deadline - time.monotonic())))
                 if found is not None:
                     return found
             msg = f"TLS handshake with {servers} failed: {_detail(text, kafka)}"
             return AuthenticationError(msg)
         if "connecting to a PLAINTEXT broker listener" in text:
-            for host, port in _addresses(servers):
-                found = _diagnose_listener(kafka, host, port, 1.0)
+            for host, port in listener.addresses(servers):
+                found = listener.diagnose(kafka, host, port, 1.0)
                 if found is not None:
                     return found
     return None
@@ -210,14 +118,14 @@ def _metadata(kafka: KafkaConfig, servers: str, topic: str | None, deadline: flo
         found = _security_error(attempt, kafka, servers, deadline)
         if found is None and not probed and time.monotonic() - started >= PROBE_AFTER_S:
             probed = True
-            for host, port in _addresses(servers):
-                found = found or _diagnose_listener(kafka, host, port, 1.0)
+            for host, port in listener.addresses(servers):
+                found = found or listener.diagnose(kafka, host, port, 1.0)
         if found is not None:
             raise found
         if time.monotonic() >= deadline:
             texts = attempt.texts()
             detail = _detail(texts[-1], kafka) if texts else "no answer"
-            if any(_tcp_open(h, p, 1.0) for h, p in _addresses(servers)):
+            if any(listener.tcp_open(h, p, 1.0) for h, p in listener.addresses(servers)):
                 msg = (f"Kafka at {servers} accepts connections but sent no metadata within {timeout_s:.0f} s "
                        f"({detail}); check that kafka.client.security.protocol matches the listener (SASL_SSL "
                        f"needs sasl.mechanism, sasl.username and sasl.password; SSL needs none)")
@@ -236,7 +144,8 @@ def _check_group(kafka: KafkaConfig, group: str, deadline: float) -> None:
     """
     admin = AdminClient(client_config(kafka))
     try:
-        (future,) = admin.describe_consumer_groups([group], request_timeout=max(1.0, deadline - time.monotonic())).values()
+        wait_s = max(1.0, deadline - time.monotonic())
+        (future,) = admin.describe_consumer_groups([group], request_timeout=wait_s).values()
         future.result()
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
@@ -273,10 +182,10 @@ def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None 
             raise AuthorizationError(msg)
     if group is not None:
         _check_group(kafka, group, deadline)
-    if _protocol(kafka) not in {"ssl", "sasl_ssl"}:
+    if listener.protocol(kafka) not in {"ssl", "sasl_ssl"}:
         return
     # tfio connects to every partition leader without verifying its hostname: prove each one here.
-    bootstrap = {f"{h}:{p}" for h, p in _addresses(kafka.bootstrap_servers)}
+    bootstrap = {f"{h}:{p}" for h, p in listener.addresses(kafka.bootstrap_servers)}
     for broker in md.brokers.values():
         address = f"{broker.host}:{broker.port}"
         if bootstrap == {address}:

@@ -93,7 +93,8 @@ def tfio_properties(kafka: KafkaConfig) -> list[str]:
                                f"'{props.NEWER_DEFAULT_ONLY[key]}'")
         if key in props.NEWER_UNSUPPORTED:
             hint = props.NEWER_UNSUPPORTED[key]
-            raise _refuse(key, f"is not supported by {TFIO}, which reads the training data" + (f"; {hint}" if hint else ""))
+            why = f"is not supported by {TFIO}, which reads the training data"
+            raise _refuse(key, f"{why}; {hint}" if hint else why)
         if key not in props.TFIO_PASSED:
             raise _refuse(key, "is not a librdkafka property (a typo?); see librdkafka's CONFIGURATION.md")
         check_value(key, value)
@@ -158,7 +159,9 @@ def check(kafka: KafkaConfig) -> None:
 # key<separator>value, in the forms secrets reach a log line: "sasl.password=x", "password: x",
 # "'sasl.password': 'x'", JSON, JAAS (password="x").
 _KEY_VALUE = re.compile(
-    r"""(?P<key>[\w.\-]*(?:password|secret|passphrase)[\w.\-]*)(?P<sep>['"]?\s*[:=]\s*['"]?)(?P<value>[^\s'",;)}\]]+)""",
+    r"""(?P<key>[\w.\-]*(?:password|secret|passphrase)[\w.\-]*)"""
+    r"""(?P<sep>['"]?\s*[:=]\s*['"]?)"""
+    r"""(?P<value>[^\s'",;)}\]]+)""",
     re.IGNORECASE)
 
 
