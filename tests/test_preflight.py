@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream_trainer.config import KafkaConfig
-from stream_trainer.errors import AuthenticationError, BrokerUnavailableError
+from stream_trainer.errors import AuthenticationError, BrokerUnavailableError, ConfigError
 from stream_trainer.kafka import preflight
 from stream_trainer.workbench.broker import free_port
 
@@ -72,3 +72,15 @@ def test_tls_client_against_a_plaintext_listener_is_named_as_such(kafka_bootstra
     assert f"the listener at {kafka_bootstrap.split(',')[0]} does not speak TLS" in message
     assert f"security.protocol is {protocol}" in message and "pw-never-shown" not in message
     assert time.monotonic() - t0 < 5, "found by librdkafka's first handshake error, not at the timeout"
+
+
+def test_settings_librdkafka_refuses_are_a_config_error_without_secrets(tmp_path: Path) -> None:
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("not a certificate")
+    client = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u",
+              "sasl.password": "pw-never-shown", "ssl.ca.location": str(not_a_certificate)}
+    with pytest.raises(ConfigError) as info:
+        preflight.check(KafkaConfig(bootstrap_servers="127.0.0.1:1", client=client, connect_timeout_s=2))
+    message = str(info.value)
+    assert message.startswith("librdkafka refused the kafka.client settings: ") and "ssl.ca.location" in message
+    assert "pw-never-shown" not in message

@@ -167,10 +167,18 @@ def test_hostname_verification_is_refused_and_the_message_says_what_protects_ins
     assert "preflight" in message
 
 
-def test_switching_hostname_verification_off_is_allowed_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_switching_hostname_verification_off_is_allowed_with_a_warning(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
     with caplog.at_level(logging.WARNING, logger="stream_trainer.kafka.security"):
-        security.check(sasl_ssl(**{"ssl.endpoint.identification.algorithm": "none"}))
+        security.check(sasl_ssl(**{"ssl.endpoint.identification.algorithm": "none", "ssl.ca.location": str(ca)}))
     assert "no client verifies that the broker's certificate names the broker" in caplog.text
+
+
+def test_a_missing_ca_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'kafka.client.ssl.ca.location' names .*nowhere.pem, which does not"):
+        security.check(sasl_ssl(**{"ssl.ca.location": str(tmp_path / "nowhere.pem")}))
 
 
 def test_unknown_security_protocol_is_refused() -> None:

@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from stream_trainer.config import KafkaConfig
-from stream_trainer.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
+from stream_trainer.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError, ConfigError
 from stream_trainer.kafka import listener
 from stream_trainer.kafka.cluster import RDKAFKA_LOG, client_config
 from stream_trainer.kafka.security import redact, secret_values
@@ -50,6 +50,7 @@ class _Attempt:
     """What one metadata attempt saw: librdkafka's errors, newest last."""
 
     errors: list[KafkaError] = field(default_factory=list)
+    examined: int = 0  # errors before this index were already classified
 
     def texts(self) -> list[str]:
         return [e.str() for e in self.errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
@@ -69,10 +70,22 @@ def _detail(text: str, kafka: KafkaConfig) -> str:
 
 # --- asking the cluster ------------------------------------------------------------------------
 
+def _admin(kafka: KafkaConfig, **extra: object) -> AdminClient:
+    """A fresh admin client; ConfigError when librdkafka refuses the settings (a bad CA file, a bad value)."""
+    try:
+        return AdminClient(client_config(kafka, logger=RDKAFKA_LOG, **extra))
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        detail = err.str() if isinstance(err, KafkaError) else str(exc)
+        msg = f"librdkafka refused the kafka.client settings: {redact(detail, secret_values(kafka))}"
+        raise ConfigError(msg) from exc
+
+
 def _security_error(attempt: _Attempt, kafka: KafkaConfig, servers: str,
                     deadline: float) -> BrokerUnavailableError | None:
-    """A definite security failure among librdkafka's errors so far, or None."""
-    for err in attempt.errors:
+    """A definite security failure among librdkafka's new errors, or None."""
+    new, attempt.examined = attempt.errors[attempt.examined:], len(attempt.errors)
+    for err in new:
         text = err.str()
         if err.code() == KafkaError._AUTHENTICATION:
             mechanism = (kafka.client.get("sasl.mechanism") or kafka.client.get("sasl.mechanisms") or "").upper()
@@ -85,26 +98,22 @@ def _security_error(attempt: _Attempt, kafka: KafkaConfig, servers: str,
                    f"or password, or no {mechanism} credential for that user on the cluster; check "
                    f"kafka.client.sasl.username and kafka.client.sasl.password (broker said: {_detail(text, kafka)})")
             return AuthenticationError(msg)
-        if "certificate verify failed" in text or err.code() == KafkaError._SSL:
+        verify_failed = "certificate verify failed" in text
+        if verify_failed or err.code() == KafkaError._SSL or "connecting to a PLAINTEXT broker listener" in text:
             for host, port in listener.addresses(servers):
                 found = listener.diagnose(kafka, host, port, max(0.5, min(3.0, deadline - time.monotonic())))
                 if found is not None:
                     return found
-            msg = f"TLS handshake with {servers} failed: {_detail(text, kafka)}"
-            return AuthenticationError(msg)
-        if "connecting to a PLAINTEXT broker listener" in text:
-            for host, port in listener.addresses(servers):
-                found = listener.diagnose(kafka, host, port, 1.0)
-                if found is not None:
-                    return found
+            if verify_failed:  # never transient, even where our own handshake could not say why
+                msg = f"TLS handshake with {servers} failed: {_detail(text, kafka)}"
+                return AuthenticationError(msg)
     return None
 
 
 def _metadata(kafka: KafkaConfig, servers: str, topic: str | None, deadline: float, timeout_s: float):  # noqa: ANN202
     """Metadata from ``servers`` with a fresh client, or the error that explains why none came."""
     attempt = _Attempt()
-    admin = AdminClient(client_config(kafka, **{"bootstrap.servers": servers, "error_cb": attempt.errors.append,
-                                                "logger": RDKAFKA_LOG}))
+    admin = _admin(kafka, **{"bootstrap.servers": servers, "error_cb": attempt.errors.append})
     started = time.monotonic()
     probed = False
     while True:
@@ -142,7 +151,7 @@ def _check_group(kafka: KafkaConfig, group: str, deadline: float) -> None:
     only as a timeout. Not with ListConsumerGroupOffsets: confluent-kafka 2.16.1 crashes the
     process (SIGSEGV) on its answer for a group that has committed nothing yet.
     """
-    admin = AdminClient(client_config(kafka))
+    admin = _admin(kafka)
     try:
         wait_s = max(1.0, deadline - time.monotonic())
         (future,) = admin.describe_consumer_groups([group], request_timeout=wait_s).values()

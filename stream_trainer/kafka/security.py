@@ -137,9 +137,18 @@ def check_value(key: str, value: str) -> None:
                            "connects (docs/operations.md)")
 
 
+# Properties naming a file or folder: a missing one makes every client fail at creation.
+PATH_KEYS = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location", "ssl.keystore.location",
+             "ssl.crl.location")
+
+
 def check(kafka: KafkaConfig) -> None:
     """Every start-time check on ``kafka.client``: raise ConfigError, or log what is risky but allowed."""
     tfio_properties(kafka)
+    for key in PATH_KEYS:
+        path = kafka.client.get(key)
+        if path and path != "probe" and not os.path.exists(path):
+            raise _refuse(key, f"names {path}, which does not exist")
     client = {k: v.strip().lower() for k, v in kafka.client.items()}
     tls = client.get("security.protocol", "plaintext") in {"ssl", "sasl_ssl"}
     if tls and client.get("ssl.endpoint.identification.algorithm") == "none":
