@@ -200,12 +200,19 @@ class LocalCluster:
     # --- what the cluster looks like -------------------------------------------------------------
 
     def _partition(self, topic: str, partition: int, timeout_s: float):  # noqa: ANN202
-        md = _admin(self.bootstrap).list_topics(topic=topic, timeout=timeout_s)
-        tmd = md.topics.get(topic)
-        if tmd is None or partition not in tmd.partitions:
-            msg = f"topic {topic} partition {partition} is not in the metadata of {self.bootstrap}"
-            raise BrokerStartError(msg)
-        return tmd.partitions[partition]
+        # Brokers learn of a new topic at slightly different moments: one that answers without it
+        # has not caught up yet, so ask again until the timeout.
+        admin = _admin(self.bootstrap)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            md = admin.list_topics(topic=topic, timeout=max(0.5, deadline - time.monotonic()))
+            tmd = md.topics.get(topic)
+            if tmd is not None and partition in tmd.partitions:
+                return tmd.partitions[partition]
+            if time.monotonic() >= deadline:
+                msg = f"topic {topic} partition {partition} is not in the metadata of {self.bootstrap}"
+                raise BrokerStartError(msg)
+            time.sleep(0.2)
 
     def leader(self, topic: str, partition: int = 0, timeout_s: float = 10.0) -> int:
         """The node id leading ``topic[partition]`` right now (-1 while there is none)."""
