@@ -185,11 +185,22 @@ class Cluster:
         self._wait_for_leaders([t.topic for t in new], timeout_s)
 
     def _wait_for_leaders(self, topics: list[str], timeout_s: float) -> None:
-        # A topic is not readable by librdkafka 1.5 until every partition has a leader.
+        # A topic is not readable by librdkafka 1.5 until every partition has a leader, and on a
+        # cluster of several brokers each learns of a new topic at its own moment: a client asking
+        # one that has not yet would be told the topic does not exist. So ask every broker.
         deadline = time.monotonic() + timeout_s
+        md = self._await_leaders(self.admin, topics, deadline, timeout_s, self.kafka.bootstrap_servers)
+        if len(md.brokers) > 1:
+            for broker in md.brokers.values():
+                address = f"{broker.host}:{broker.port}"
+                one = AdminClient(client_config(self.kafka, **{"bootstrap.servers": address}))
+                self._await_leaders(one, topics, deadline, timeout_s, address)
+
+    @staticmethod
+    def _await_leaders(admin: AdminClient, topics: list[str], deadline: float, timeout_s: float, where: str):  # noqa: ANN205
         while True:
             try:
-                md = self.admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                md = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
                 leaderless = [t for t in topics if not (t in md.topics and md.topics[t].partitions and all(
                     p.leader >= 0 for p in md.topics[t].partitions.values()))]
             except KafkaException as exc:
@@ -197,10 +208,10 @@ class Cluster:
             else:
                 last = "a partition has no leader yet"
             if not leaderless:
-                return
+                return md
             if time.monotonic() >= deadline:
-                msg = (f"created topic(s) {', '.join(leaderless)} on {self.kafka.bootstrap_servers}, but not every "
-                       f"partition had a leader after {timeout_s:.0f} s ({last})")
+                msg = (f"created topic(s) {', '.join(leaderless)}, but {where} did not report a leader for every "
+                       f"partition after {timeout_s:.0f} s ({last})")
                 raise BrokerUnavailableError(msg)
             time.sleep(0.1)
 
