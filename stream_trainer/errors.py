@@ -23,14 +23,6 @@ class BrokerUnavailableError(StreamTrainerError):
     """No Kafka broker answered at the configured bootstrap address in time."""
 
 
-class CheckpointError(StreamTrainerError):
-    """A checkpoint could not be written or read."""
-
-
-class InputPipelineError(StreamTrainerError):
-    """The tf.data input pipeline could not be built or run (not a passing broker outage)."""
-
-
 class AuthenticationError(BrokerUnavailableError):
     """The cluster answers but the two sides do not trust each other: SASL credentials refused, a
     broker certificate that is untrusted or names another host, or a security protocol that does
@@ -39,3 +31,12 @@ class AuthenticationError(BrokerUnavailableError):
 
 class AuthorizationError(BrokerUnavailableError):
     """The cluster knows who we are, but an ACL forbids what we asked for."""
+
+
+class CheckpointError(StreamTrainerError):
+    """A checkpoint could not be written or read."""
+
+
+class InputPipelineError(StreamTrainerError):
+    """The tf.data input pipeline could not be built or run (not a passing broker outage)."""
+
