@@ -39,4 +39,3 @@ class CheckpointError(StreamTrainerError):
 
 class InputPipelineError(StreamTrainerError):
     """The tf.data input pipeline could not be built or run (not a passing broker outage)."""
-
