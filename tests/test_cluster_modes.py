@@ -63,7 +63,7 @@ def test_producer_cli_reports_a_refused_topic_creation_in_one_line(kafka_bootstr
     path.write_text(yaml.safe_dump(settings))
     proc = subprocess.run([sys.executable, "-m", "producer.cli", "--config", str(path), "-q"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.returncode != 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("pet-producer: error: ")]
     assert len(errors) == 1 and "config key 'topics.replication_factor'" in errors[0], proc.stderr[-2000:]

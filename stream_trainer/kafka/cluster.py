@@ -41,7 +41,7 @@ def _reason(exc: KafkaException) -> str:
 def _creation_error(topic: str, replication_factor: int, exc: KafkaException, kafka: KafkaConfig) -> StreamTrainerError:
     """One line for a topic creation the cluster refused, naming the setting to change."""
     err = exc.args[0]
-    code, reason = err.code(), err.str()
+    code, reason = err.code(), err.str().rstrip(".")
     where = kafka.bootstrap_servers
     if code == KafkaError.INVALID_REPLICATION_FACTOR:
         asked = "the cluster's default.replication.factor" if replication_factor == -1 else str(replication_factor)
@@ -55,7 +55,7 @@ def _creation_error(topic: str, replication_factor: int, exc: KafkaException, ka
                            f"hand as the cluster's policy requires, or change topics.*")
     if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
         user = kafka.client.get("sasl.username", "this client")
-        return AuthorizationError(f"'{user}' may not create topic '{topic}' on {where} ({reason.rstrip('.')}); "
+        return AuthorizationError(f"'{user}' may not create topic '{topic}' on {where} ({reason}); "
                                   f"grant it CREATE on the topic or create the topic beforehand (docs/operations.md)")
     return BrokerUnavailableError(f"creating topic '{topic}' on {where} failed ({err.name()}): {reason}")
 
