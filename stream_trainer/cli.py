@@ -43,6 +43,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from stream_trainer import config
 
     settings = config.load(args.config, _overrides(args))
+    # Before TensorFlow loads and anything connects: secrets out of every log, settings that
+    # tensorflow-io would hang on refused, and the cluster proven to accept us as configured.
+    from stream_trainer.kafka import preflight, security
+
+    security.guard_secrets(settings.kafka)
+    security.check(settings.kafka)
+    preflight.check(settings.kafka, settings.topics.train, group=settings.trainer.source.group_id)
     # Imported after the config is valid: TensorFlow takes seconds to load, a typo should not.
     from stream_trainer import app
 

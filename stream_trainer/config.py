@@ -42,7 +42,8 @@ class TopicsConfig:
     dead_letter: str = "pets-dlq"
     # Used only when a program creates a missing topic.
     partitions: int = 4
-    replication_factor: int = 1
+    # -1: the cluster's default.replication.factor (3 on a production cluster, 1 on a dev broker).
+    replication_factor: int = -1
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ class Settings:
         """Check cross-field rules that types alone cannot express; return self."""
         checks = [
             (self.topics.partitions >= 1, "topics.partitions", "must be >= 1"),
+            (self.topics.replication_factor == -1 or self.topics.replication_factor >= 1, "topics.replication_factor",
+             "must be >= 1, or -1 for the cluster's default.replication.factor"),
             (self.producer.rate >= 0, "producer.rate", "must be >= 0"),
             (self.producer.passes >= 0, "producer.passes", "must be >= 0 (0 = forever)"),
             (self.producer.source.kind in {"synthetic", "dir", "tfds"}, "producer.source.kind",

@@ -23,6 +23,16 @@ class BrokerUnavailableError(StreamTrainerError):
     """No Kafka broker answered at the configured bootstrap address in time."""
 
 
+class AuthenticationError(BrokerUnavailableError):
+    """The cluster answers but the two sides do not trust each other: SASL credentials refused, a
+    broker certificate that is untrusted or names another host, or a security protocol that does
+    not match the listener. Retrying does not help; the configuration or the cluster must change."""
+
+
+class AuthorizationError(BrokerUnavailableError):
+    """The cluster knows who we are, but an ACL forbids what we asked for."""
+
+
 class CheckpointError(StreamTrainerError):
     """A checkpoint could not be written or read."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_trainer.config import KafkaConfig
-from stream_trainer.errors import BrokerUnavailableError, ConfigError
+from stream_trainer.errors import AuthorizationError, BrokerUnavailableError, ConfigError, StreamTrainerError
 
 log = logging.getLogger(__name__)
 # librdkafka logs every failed connection attempt (many per second while a broker is down).
@@ -31,6 +32,33 @@ _RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRES
               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
               KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
               KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+
+
+def _reason(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
+def _creation_error(topic: str, replication_factor: int, exc: KafkaException, kafka: KafkaConfig) -> StreamTrainerError:
+    """One line for a topic creation the cluster refused, naming the setting to change."""
+    err = exc.args[0]
+    code, reason = err.code(), err.str().rstrip(".")
+    where = kafka.bootstrap_servers
+    if code == KafkaError.INVALID_REPLICATION_FACTOR:
+        asked = "the cluster's default.replication.factor" if replication_factor == -1 else str(replication_factor)
+        return ConfigError(f"config key 'topics.replication_factor': creating topic '{topic}' with {asked} replicas "
+                           f"was refused by {where}: {reason}; use at most as many replicas as the cluster has "
+                           f"brokers, or -1 for its default")
+    if code == KafkaError.INVALID_PARTITIONS:
+        return ConfigError(f"config key 'topics.partitions': creating topic '{topic}' was refused by {where}: {reason}")
+    if code in (KafkaError.POLICY_VIOLATION, KafkaError.INVALID_CONFIG, KafkaError.TOPIC_EXCEPTION):
+        return ConfigError(f"creating topic '{topic}' was refused by {where} ({err.name()}): {reason}; create it by "
+                           f"hand as the cluster's policy requires, or change topics.*")
+    if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+        user = kafka.client.get("sasl.username", "this client")
+        return AuthorizationError(f"'{user}' may not create topic '{topic}' on {where} ({reason}); "
+                                  f"grant it CREATE on the topic or create the topic beforehand (docs/operations.md)")
+    return BrokerUnavailableError(f"creating topic '{topic}' on {where} failed ({err.name()}): {reason}")
 
 
 def client_config(kafka: KafkaConfig, **extra: object) -> dict[str, object]:
@@ -75,7 +103,8 @@ class Cluster:
     def __init__(self, kafka: KafkaConfig, group_id: str = "stream-trainer") -> None:
         self.kafka = kafka
         self.group_id = group_id
-        self._errors: list[str] = []
+        # librdkafka reports every failed reconnect: keep the latest few, not an outage's worth.
+        self._errors: deque[str] = deque(maxlen=20)
         self.admin = AdminClient(client_config(kafka, error_cb=self._on_error))
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -138,9 +167,19 @@ class Cluster:
             raise BrokerUnavailableError(msg)
         return sorted(tmd.partitions)
 
-    def ensure_topics(self, topics: Mapping[str, int], replication_factor: int = 1, timeout_s: float = 30.0) -> None:
-        """Create the topics that do not exist yet (name -> partition count); leave others alone."""
-        existing = set(self.admin.list_topics(timeout=timeout_s).topics)
+    def ensure_topics(self, topics: Mapping[str, int], replication_factor: int = -1, timeout_s: float = 30.0) -> None:
+        """Create the topics that do not exist yet (name -> partition count); leave others alone.
+
+        ``replication_factor=-1`` lets the cluster choose (its ``default.replication.factor``,
+        Kafka >= 2.4), so topics get 3 replicas on a production cluster and 1 on a dev broker.
+        A creation the cluster refuses raises ConfigError (replication factor, partitions, policy)
+        or AuthorizationError (ACLs) in one line; no answer raises BrokerUnavailableError.
+        """
+        try:
+            existing = set(self.admin.list_topics(timeout=timeout_s).topics)
+        except KafkaException as exc:
+            msg = f"listing topics on {self.kafka.bootstrap_servers} failed: {_reason(exc)}"
+            raise BrokerUnavailableError(msg) from exc
         new = [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
                for name, n in topics.items() if name not in existing]
         if not new:
@@ -151,17 +190,38 @@ class Cluster:
                 log.info("created topic %s", name)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
+                    raise _creation_error(name, replication_factor, exc, self.kafka) from exc
         self._wait_for_leaders([t.topic for t in new], timeout_s)
 
     def _wait_for_leaders(self, topics: list[str], timeout_s: float) -> None:
-        # A topic is not readable by librdkafka 1.5 until every partition has a leader.
+        # A topic is not readable by librdkafka 1.5 until every partition has a leader, and on a
+        # cluster of several brokers each learns of a new topic at its own moment: a client asking
+        # one that has not yet would be told the topic does not exist. So ask every broker.
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            md = self.admin.list_topics(timeout=5)
-            if all(t in md.topics and md.topics[t].partitions
-                   and all(p.leader >= 0 for p in md.topics[t].partitions.values()) for t in topics):
-                return
+        md = self._await_leaders(self.admin, topics, deadline, timeout_s, self.kafka.bootstrap_servers)
+        if len(md.brokers) > 1:
+            for broker in md.brokers.values():
+                address = f"{broker.host}:{broker.port}"
+                one = AdminClient(client_config(self.kafka, **{"bootstrap.servers": address}))
+                self._await_leaders(one, topics, deadline, timeout_s, address)
+
+    @staticmethod
+    def _await_leaders(admin: AdminClient, topics: list[str], deadline: float, timeout_s: float, where: str):  # noqa: ANN205
+        while True:
+            try:
+                md = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                leaderless = [t for t in topics if not (t in md.topics and md.topics[t].partitions and all(
+                    p.leader >= 0 for p in md.topics[t].partitions.values()))]
+            except KafkaException as exc:
+                leaderless, last = topics, _reason(exc)
+            else:
+                last = "a partition has no leader yet"
+            if not leaderless:
+                return md
+            if time.monotonic() >= deadline:
+                msg = (f"created topic(s) {', '.join(leaderless)}, but {where} did not report a leader for every "
+                       f"partition after {timeout_s:.0f} s ({last})")
+                raise BrokerUnavailableError(msg)
             time.sleep(0.1)
 
     def watermarks(self, topic: str, partitions: Iterable[int], timeout_s: float = 5.0) -> dict[int, Watermarks]:

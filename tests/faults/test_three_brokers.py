@@ -1,0 +1,191 @@
+"""Issue 13: three brokers, replication factor 3, ``min.insync.replicas=2``, and losing one of them.
+
+The module's own 3-node cluster (``LocalCluster``: three KRaft broker+controller processes, a
+3-voter quorum). Faults: SIGKILL of a partition's leader (no controlled shutdown: leadership moves
+only when the controller fences the dead node, ``broker.session.timeout.ms`` = 9 s by default), and
+a graceful stop (the leader hands its partitions over first).
+
+- ``acks=all`` writes survive the leader's SIGKILL: every acknowledged message is read back;
+- the trainer keeps training from a partition whose leader is killed, and skips nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import ConfigResource, ResourceType
+from faultlib import Rig, make_rig, missing_offsets, read_trained, trained_counts
+
+from stream_trainer.config import KafkaConfig
+from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.broker import LocalCluster
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("three"), size=3, heap="384m")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture()
+def whole(three: LocalCluster) -> LocalCluster:
+    """The cluster with all three nodes up (a failed test may have left one down)."""
+    for node_id, node in three.nodes.items():
+        if not node.running:
+            three.start_node(node_id)
+    return three
+
+
+def _cluster(bootstrap: str) -> Cluster:
+    return Cluster(KafkaConfig(bootstrap_servers=bootstrap, connect_timeout_s=20), group_id=f"g-{uuid.uuid4().hex[:6]}")
+
+
+def test_topics_get_three_replicas_and_writes_need_two_in_sync(whole: LocalCluster) -> None:
+    topic = f"rf-{uuid.uuid4().hex[:8]}"
+    c = _cluster(whole.bootstrap)
+    try:
+        c.ensure_topics({topic: 2})  # replication factor -1: the cluster's default
+        md = c.admin.list_topics(topic=topic, timeout=10)
+        assert sorted(md.brokers) == [1, 2, 3]
+        assert all(sorted(p.replicas) == [1, 2, 3] for p in md.topics[topic].partitions.values())
+        (future,) = c.admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+        config = future.result(10)
+        assert config["min.insync.replicas"].value == "2"
+        assert config["unclean.leader.election.enable"].value == "false"
+    finally:
+        c.close()
+
+
+def _read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < high and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            out.append(msg.value())
+        return out
+    finally:
+        consumer.close()
+
+
+def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(whole: LocalCluster) -> None:
+    topic = f"acks-{uuid.uuid4().hex[:8]}"
+    c = _cluster(whole.bootstrap)
+    c.ensure_topics({topic: 1})
+    acked: list[bytes] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    def on_delivery(err: KafkaError | None, msg) -> None:  # noqa: ANN001
+        (failed.append(str(err)) if err is not None else acked.append(msg.value()))
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set():
+            c.producer.produce(topic, str(i).encode(), on_delivery=on_delivery)
+            c.producer.poll(0)
+            i += 1
+            time.sleep(0.002)
+        c.producer.flush(60)
+
+    writer = threading.Thread(target=produce, name="producer")
+    writer.start()
+    try:
+        whole.wait_for(lambda: len(acked) > 500, "500 acknowledged writes before the kill", 60)
+        leader = whole.leader(topic)
+        whole.kill(leader)
+        killed_at, acked_at_kill = time.monotonic(), len(acked)
+        whole.wait_for(lambda: whole.leader(topic) not in (-1, leader), "a new leader", 60)
+        whole.wait_for(lambda: len(acked) > acked_at_kill + 500, "500 more acknowledged writes", 60)
+        print(f"node {leader} killed; new leader {whole.leader(topic)}; writes resumed after "
+              f"{time.monotonic() - killed_at:.1f} s")
+        whole.start_node(leader)
+        whole.wait_for(lambda: whole.in_sync(topic) == [1, 2, 3], "the restarted node back in sync", 60)
+    finally:
+        stop.set()
+        writer.join(90)
+        c.close()
+    stored = _read_all(whole.bootstrap, topic)
+    lost = set(acked) - set(stored)
+    print(f"{len(acked)} acknowledged, {len(failed)} failed, {len(stored)} stored, {len(lost)} lost")
+    assert not lost, f"{len(lost)} acknowledged writes are gone, e.g. {sorted(lost)[:5]}"
+    assert len(stored) == len(set(stored)), "the idempotent producer wrote duplicates"
+
+
+def test_graceful_stop_hands_leadership_over_and_the_node_rejoins(whole: LocalCluster) -> None:
+    topic = f"graceful-{uuid.uuid4().hex[:8]}"
+    c = _cluster(whole.bootstrap)
+    try:
+        c.ensure_topics({topic: 1})
+    finally:
+        c.close()
+    leader = whole.leader(topic)
+    started = time.monotonic()
+    whole.stop_node(leader)
+    took = time.monotonic() - started
+    assert whole.leader(topic) not in (-1, leader)  # handed over before the process exited
+    print(f"graceful stop of node {leader} took {took:.1f} s; new leader {whole.leader(topic)}")
+    whole.start_node(leader)
+    whole.wait_for(lambda: whole.in_sync(topic) == [1, 2, 3], "the restarted node back in sync", 60)
+
+
+@pytest.fixture()
+def three_rig(tmp_path: Path, whole: LocalCluster) -> Iterator[Rig]:
+    r = make_rig(tmp_path, whole.bootstrap, partitions=2, prefix="leader-kill")
+    try:
+        yield r
+    finally:
+        r.stop_all()
+
+
+def test_training_goes_on_without_skipping_when_its_partition_leader_is_killed(
+        three_rig: Rig, whole: LocalCluster) -> None:
+    rig = three_rig
+    trained = rig.tmp / "trained.log"
+    config = rig.write_config("settings.yaml", rig.settings(trainer__loop__trained_log=str(trained)))
+    producer = rig.producer(config)
+    trainer = rig.trainer(config)
+    rig.wait_until(lambda: len(read_trained(trained)) >= 40, 240, "40 trained messages", alive=(trainer, producer))
+
+    leader = whole.leader(rig.topic, 0)
+    before = len(read_trained(trained))
+    whole.kill(leader)
+    killed_at = time.monotonic()
+    rig.wait_until(lambda: len(read_trained(trained)) >= before + 60, 240,
+                   "60 more trained messages after the leader was killed", alive=(trainer, producer))
+    print(f"killed node {leader} (leader of partition 0); 60 more messages trained "
+          f"{time.monotonic() - killed_at:.1f} s later")
+    whole.start_node(leader)
+    assert producer.stop() == 0, rig.logs()
+    assert trainer.stop() == 0, rig.logs()
+
+    c = Cluster(KafkaConfig(bootstrap_servers=whole.bootstrap), group_id=rig.group)
+    try:
+        committed = c.committed(rig.topic, [0, 1])
+    finally:
+        c.close()
+    counts = trained_counts(trained)
+    assert sum(committed.values()) >= before + 60, committed
+    assert not missing_offsets(counts, committed), f"skipped offsets below the committed ones {committed}"
