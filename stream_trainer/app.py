@@ -21,12 +21,12 @@ from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.committer import Committer
 from stream_trainer.config import CheckpointConfig, Settings
 from stream_trainer.deadletter import DeadLetterWorker
-from stream_trainer.errors import CheckpointError, ConfigError
+from stream_trainer.errors import CheckpointError, ConfigError, StreamTrainerError
 from stream_trainer.evaluate import EvalResult, Evaluator, read_eval_messages
 from stream_trainer.export import Exporter
 from stream_trainer.fresh import FreshRows
 from stream_trainer.inputs import Inputs, start_offsets
-from stream_trainer.kafka import Cluster
+from stream_trainer.kafka import Cluster, preflight
 from stream_trainer.loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.model import build_optimizer, build_unet
 from stream_trainer.ownership import DirectoryLock, claim
@@ -139,6 +139,16 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
             dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
         return evaluator
 
+    # tfio waits forever on revoked credentials or an untrusted certificate: a confluent-kafka
+    # check every 30 s turns them into a clear error and a stop (kafka/preflight.py).
+    security_failures: list[StreamTrainerError] = []
+
+    def security_failed(exc: StreamTrainerError) -> None:
+        security_failures.append(exc)
+        stop.set()
+
+    watchdog = preflight.Watchdog(settings.kafka, topics.train, security_failed, stop=halt,
+                                  group=tcfg.source.group_id).start()
     dead_letters = DeadLetterWorker(cluster, topics.dead_letter, halt).start()
     committer = Committer(cluster, topics.train, tracker.positions, halt).start()
     inputs.start()
@@ -159,11 +169,14 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         committer.join(5.0)
         dead_letters.join(5.0)
         store.close()
+        watchdog.stop(0)
     if workers.is_chief and not committer.flush():
         log.error("final offset commit failed; the group lags the checkpoint until the next run commits")
     cluster.close()
     lock.release()
     log.info("trainer stopped: %s", summary)
+    if security_failures:
+        raise security_failures[0]
     if not summary.final_checkpoint_ok:
         msg = (f"the final checkpoint at step {summary.step} could not be written (see the error above); the last "
                f"good checkpoint is at step {store.last_saved_step} and a restart resumes there")

@@ -42,9 +42,16 @@ class Committer:
             self._to_commit = dict(offsets)
         self._wake.set()
 
-    def flush(self) -> bool:
-        """Commit what is queued now, on the caller's thread (shutdown); True on success."""
-        return self._commit_pending()
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Commit what is queued now (shutdown); True on success. Bounded: during an outage a
+        commit would block for the client's whole timeout, and a stop must not take that long
+        (the checkpoint already holds the positions; the next run commits them)."""
+        done: list[bool] = []
+        worker = threading.Thread(target=lambda: done.append(self._commit_pending()), name="final-commit",
+                                  daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        return bool(done and done[0])
 
     def _commit_pending(self) -> bool:
         with self._lock:

@@ -30,17 +30,13 @@ from stream_trainer import metrics
 from stream_trainer.config import KafkaConfig, SourceConfig
 from stream_trainer.errors import InputPipelineError, OffsetResetError, StreamTrainerError
 from stream_trainer.inbox import Inbox
-from stream_trainer.kafka import Watermarks
+from stream_trainer.kafka import Watermarks, security
 
 log = logging.getLogger(__name__)
 
-# tfio's consumer joins no group and must never commit: our checkpoint owns positions.
-_TFIO_GLOBAL = ("enable.auto.commit=false", "enable.auto.offset.store=false", "api.version.request=true")
 # An offset that no longer exists (retention, a recreated topic) must be an error we can act on,
 # not librdkafka's silent jump to the log end.
 _TFIO_TOPIC = ("auto.offset.reset=error",)
-# librdkafka 1.5 understands only a subset of modern properties; pass through the ones both know.
-_PASSTHROUGH_PREFIXES = ("security.protocol", "sasl.", "ssl.", "client.id", "socket.", "fetch.", "queued.")
 # Messages a reader hands over per step of its loop (the inbox has them as soon as they are read).
 _READER_CHUNK = 64
 
@@ -58,8 +54,9 @@ def assigned_partitions(all_partitions: list[int], source: SourceConfig, worker_
 
 
 def tfio_config(kafka: KafkaConfig) -> list[str]:
-    extra = [f"{k}={v}" for k, v in kafka.client.items() if k.startswith(_PASSTHROUGH_PREFIXES)]
-    return [*_TFIO_GLOBAL, *extra]
+    """tfio's global properties: ours (no group, no commits) plus every ``kafka.client`` property
+    its librdkafka 1.5.0 honours; anything it cannot honour is refused by name (kafka/security.py)."""
+    return security.tfio_properties(kafka)
 
 
 def _split_position(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
