@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -87,6 +88,16 @@ def _retry(what: str, call, timeout_s: float):  # noqa: ANN001, ANN202
 DELIVERY_TIMEOUT_S = 10.0
 
 
+def _create(kind: Any, conf: dict[str, object]) -> Any:
+    """A client, or a ConfigError naming kafka.client when librdkafka refuses the combination."""
+    try:
+        return kind(conf)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        msg = f"config key 'kafka.client': librdkafka refuses the settings ({getattr(err, 'str', lambda: err)()})"
+        raise ConfigError(msg) from exc
+
+
 @dataclass(frozen=True)
 class Watermarks:
     low: int
@@ -116,7 +127,7 @@ class Cluster:
     def consumer(self) -> Consumer:
         """A group member that never subscribes: it commits, reads committed offsets and watermarks."""
         if self._consumer is None:
-            self._consumer = Consumer(client_config(
+            self._consumer = _create(Consumer, client_config(
                 self.kafka, **{"group.id": self.group_id, "enable.auto.commit": False,
                                "enable.partition.eof": False, "auto.offset.reset": "earliest",
                                # As a group member (join_group): a dead trainer leaves within this.
@@ -129,7 +140,7 @@ class Cluster:
         """The dead-letter producer: a message it cannot deliver fails after DELIVERY_TIMEOUT_S,
         so its sender knows which ones to send again (nothing is retried twice by both)."""
         if self._producer is None:
-            self._producer = Producer(client_config(
+            self._producer = _create(Producer, client_config(
                 self.kafka, **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
                                "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)},
             ))

@@ -2,8 +2,9 @@
 
 * partitions added while running are trained from ``auto_offset_reset``, old ones lose nothing;
 * retention deletes messages the trainer had not read yet: the reader's fetch fails for real
-  (tfio raises on the out-of-range offset), the reader restarts at the new log start, the loss
-  is counted per partition and nothing is sent to the dead-letter topic;
+  ("Offset out of range"; tensorflow-io 0.37.1 logs it and waits instead of raising), the
+  watchdog replaces the stalled reader at the new log start, the loss is counted per partition
+  and nothing is sent to the dead-letter topic;
 * the dead-letter topic cannot be written: training goes on, failures and backlog are metrics,
   positions wait behind the undelivered dead letters and move once the topic is back;
 * a rolling update: a second trainer with the same checkpoint directory and group waits while
@@ -79,9 +80,9 @@ def test_retention_deleting_unread_messages_is_counted_and_training_continues_af
     # behind the log end when the records are deleted.
     config = rig.write_config("t.yaml", rig.settings(
         trainer__loop__trained_log=str(log), trainer__metrics__port=port, trainer__source__queue_capacity=4,
+        trainer__source__stall_timeout_s=10,
         trainer__pipeline__decode_group=4, kafka__client={"queued.min.messages": "5",
                                                            "queued.max.messages.kbytes": "64",
-                                                           "fetch.max.bytes": "65536",
                                                            "max.partition.fetch.bytes": "16384"}))
     for p in (0, 1):
         produce_pets(rig.bootstrap, rig.topic, 300, seed=p, size=40, partition=p)
@@ -101,14 +102,17 @@ def test_retention_deleting_unread_messages_is_counted_and_training_continues_af
                    180, "every remaining offset trained", alive=(trainer,))
     text = scrape(port)
     trained = Counter((p, o) for p, o, _ in read_trained(log))
+    total_lost = 0.0
     for p in (0, 1):
         read_before = max(o for q, o in trained if q == p and o < deleted_to) + 1
         lost = metric(text, "stream_trainer_messages_lost_total", partition=str(p), reason="retention")
-        # Exactly the messages between what the reader had read and the new log start.
+        # Exactly the messages between what the reader had read (librdkafka may have prefetched
+        # a whole partition before the deletion) and the new log start.
         assert lost == deleted_to - read_before, (p, lost, read_before)
-        assert lost > 0, "the deletion overtook nothing: the scenario did not test the reader failing"
         assert all(o < read_before or o >= deleted_to for q, o in trained if q == p)
-    assert metric(text, "stream_trainer_source_restarts_total") >= 2
+        total_lost += lost
+    assert total_lost > 0, "the deletion overtook nothing: the scenario did not test a reader failing"
+    assert metric(text, "stream_trainer_source_restarts_total") >= 1
     assert trainer.stop() == 0, rig.logs()
     assert read_dead_letters(rig.bootstrap, rig.dead_letter_topic, timeout_s=3) == [], "deleted != malformed"
     final = latest_checkpoint(rig.checkpoint_dir)
