@@ -35,6 +35,11 @@ system-deps:
 deps: system-deps $(VENV)/.installed
 	$(PY) -m stream_trainer.cli broker --resolve-only
 
+# ruff (style, imports, error messages) and mypy --strict on the packages: run by .ci/run before the tests.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check stream_trainer producer tests
+	$(PY) -m mypy
+
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -86,7 +86,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     try:
         metrics.serve(tcfg.metrics.host, tcfg.metrics.port, workers.index)
     except OSError as exc:
-        msg = f"config key 'trainer.metrics.port': cannot listen on {tcfg.metrics.host}:{tcfg.metrics.port} ({exc.strerror})"
+        where = f"{tcfg.metrics.host}:{tcfg.metrics.port}"
+        msg = f"config key 'trainer.metrics.port': cannot listen on {where} ({exc.strerror})"
         raise ConfigError(msg) from exc
 
     cluster = Cluster(settings.kafka, group_id=tcfg.source.group_id)

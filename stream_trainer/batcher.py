@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from stream_trainer.config import PipelineConfig, ReplayConfig
 from stream_trainer.fresh import FreshRows, Rows
@@ -25,15 +26,15 @@ from stream_trainer.fresh import FreshRows, Rows
 class Replay(Protocol):
     def __len__(self) -> int: ...
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray] | None: ...
+    def sample(self, n: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | None: ...
 
 
 @dataclass
 class Batch:
-    image: np.ndarray  # uint8 (n, S, S, 3)
-    mask: np.ndarray  # uint8 (n, S, S, 1)
-    weight: np.ndarray  # float32 (n,): 1 for real rows, 0 for placeholders
-    fresh: np.ndarray  # bool (n,): True for the fresh rows, which come first
+    image: npt.NDArray[np.uint8]  # (n, S, S, 3)
+    mask: npt.NDArray[np.uint8]  # (n, S, S, 1)
+    weight: npt.NDArray[np.float32]  # (n,): 1 for real rows, 0 for placeholders
+    fresh: npt.NDArray[np.bool_]  # (n,): True for the fresh rows, which come first
     rows: Rows | None  # where the fresh rows came from
     waited_s: float = 0.0  # how long the batcher waited for the first fresh row
 

@@ -119,7 +119,7 @@ def _cmd_soak(args: argparse.Namespace) -> int:
 
 def _int_env(name: str) -> int | None:
     value = _env(name)
-    return int(value) if value not in (None, "") and value.lstrip("-").isdigit() else None
+    return int(value) if value and value.lstrip("-").isdigit() else None
 
 
 def build_parser() -> argparse.ArgumentParser:

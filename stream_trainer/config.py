@@ -258,7 +258,8 @@ class Settings:
             (self.trainer.source.poll_timeout_ms > 0, "trainer.source.poll_timeout_ms", "must be > 0"),
             (self.trainer.pipeline.max_batch_wait_ms >= 0, "trainer.pipeline.max_batch_wait_ms", "must be >= 0"),
             (self.trainer.pipeline.decode_group >= 1, "trainer.pipeline.decode_group", "must be >= 1"),
-            (self.trainer.pipeline.decode_threads >= 0, "trainer.pipeline.decode_threads", "must be >= 0 (0 = AUTOTUNE)"),
+            (self.trainer.pipeline.decode_threads >= 0, "trainer.pipeline.decode_threads",
+             "must be >= 0 (0 = AUTOTUNE)"),
             (self.trainer.replay.size_mib >= 0, "trainer.replay.size_mib", "must be >= 0 (0 = no replay)"),
             (self.trainer.replay.policy in {"reservoir", "fifo"}, "trainer.replay.policy", "must be reservoir or fifo"),
             (0 <= self.trainer.replay.fraction < 1, "trainer.replay.fraction", "must be in [0, 1)"),
@@ -367,7 +368,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             msg = f"config key '{path}' must be a mapping, got {type(value).__name__}"
             raise ConfigError(msg)
-        return build(tp, value, path)
+        return build(tp, value, path)  # type: ignore[arg-type]
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], path)

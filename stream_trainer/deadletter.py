@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException, Message
 from stream_trainer import metrics, poison
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka import Cluster
-from stream_trainer.kafka.cluster import DELIVERY_TIMEOUT_S
+from stream_trainer.kafka.cluster import DELIVERY_TIMEOUT_S, offset_of
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class DeadLetterWorker:
             try:
                 if pending is None:
                     messages = self.cluster.read_range(hole.topic, hole.partition, hole.start, hole.end)
-                    pending = {m.offset(): (m, poison.classify(m.value())) for m in messages}
+                    pending = {offset_of(m): (m, poison.classify(m.value())) for m in messages}
                 self._publish(hole.topic, pending)
                 hole.on_done()
                 return
@@ -118,7 +118,7 @@ class DeadLetterWorker:
             return callback
 
         for offset, (msg, verdict) in list(pending.items()):
-            headers = [
+            headers: list[tuple[str, str | bytes | None]] = [
                 ("dlq.topic", topic.encode()),
                 ("dlq.partition", str(msg.partition()).encode()),
                 ("dlq.offset", str(offset).encode()),

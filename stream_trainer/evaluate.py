@@ -12,16 +12,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from stream_trainer import pipeline
 from stream_trainer.kafka import Cluster
+from stream_trainer.kafka.cluster import offset_of
 from stream_trainer.wire import NUM_CLASSES
 
 log = logging.getLogger(__name__)
+Array = npt.NDArray[Any]
 KEEP_SNAPSHOTS = 20
 
 
@@ -53,13 +57,13 @@ def read_eval_messages(cluster: Cluster, topic: str, max_images: int, wait_s: fl
     out: list[EvalMessage] = []
     for p, m in marks.items():
         end = min(m.high, m.low + max_images - len(out))
-        out += [EvalMessage(p, msg.offset(), msg.value() or b"") for msg in cluster.read_range(topic, p, m.low, end)]
+        out += [EvalMessage(p, offset_of(msg), msg.value() or b"") for msg in cluster.read_range(topic, p, m.low, end)]
         if len(out) >= max_images:
             break
     return out
 
 
-def confusion(model: keras.Model, batches: list[dict[str, tf.Tensor]]) -> tuple[np.ndarray, int]:
+def confusion(model: keras.Model, batches: list[dict[str, tf.Tensor]]) -> tuple[Array, int]:
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     n = 0
     for batch in batches:
@@ -70,7 +74,7 @@ def confusion(model: keras.Model, batches: list[dict[str, tf.Tensor]]) -> tuple[
     return cm, n
 
 
-def scores(cm: np.ndarray) -> tuple[float, float]:
+def scores(cm: Array) -> tuple[float, float]:
     """Mean IoU over classes that occur (in truth or prediction), and pixel accuracy."""
     tp = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - tp
@@ -134,7 +138,7 @@ class Evaluator:
         fig.savefig(path, dpi=80)
         fig.savefig(tmp, dpi=80)
         plt.close(fig)
-        os.replace(tmp, self.snapshot_dir / "latest.png")
+        tmp.replace(self.snapshot_dir / "latest.png")
         # A daemon evaluates forever: keep the recent pictures, not one per evaluation since day one.
         for old in sorted(self.snapshot_dir.glob("eval-step-*.png"))[:-KEEP_SNAPSHOTS]:
             old.unlink(missing_ok=True)

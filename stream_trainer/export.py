@@ -162,7 +162,7 @@ class Exporter:
             serving_archive(model, self.image_size).write_out(str(tmp), verbose=False)
             model.save(tmp / "model.keras")
             (tmp / "model.json").write_text(json.dumps(meta, indent=1))
-            os.rename(tmp, final)
+            tmp.rename(final)
         except (OSError, tf.errors.OpError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             msg = f"exporting step {meta['step']} as {final} failed: {str(exc).splitlines()[0]}"
@@ -177,7 +177,7 @@ class Exporter:
         try:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(str(version), target_is_directory=True)
-            os.replace(tmp, link)
+            tmp.replace(link)
         except OSError as exc:
             # The version itself is complete and TF Serving never reads the link: say so, go on.
             log.error("export version %d written, but %s could not point to it: %s", version, link, exc)

@@ -63,7 +63,7 @@ class Feeder:
                 if not self.fresh.put(self._rows(group), self._stop):
                     return
             self.exhausted.set()
-        except Exception as exc:  # noqa: BLE001 - a broken pipeline must stop the loop, not starve it
+        except Exception as exc:
             log.exception("the decode pipeline failed")
             self.failure = exc
 

@@ -13,26 +13,27 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass
 class Rows:
     """Decoded rows and where each came from (numpy, leading dimension = rows)."""
 
-    image: np.ndarray  # uint8 (n, S, S, 3)
-    mask: np.ndarray  # uint8 (n, S, S, 1), classes 0..2
-    partition: np.ndarray  # int32 (n,)
-    offset: np.ndarray  # int64 (n,)
-    prev: np.ndarray  # int64 (n,): the previous row's offset in the same partition (start - 1 for the first)
-    produce_ts_ms: np.ndarray  # int64 (n,), 0 = unknown
-    nbytes: np.ndarray  # int32 (n,): size of the message value
-    arrived: np.ndarray  # float64 (n,): time.monotonic() when the row was decoded
-    epoch: np.ndarray  # int32 (n,): the partition's offset chain the row belongs to (see feeder.py)
+    image: npt.NDArray[np.uint8]  # (n, S, S, 3)
+    mask: npt.NDArray[np.uint8]  # (n, S, S, 1), classes 0..2
+    partition: npt.NDArray[np.int32]  # (n,)
+    offset: npt.NDArray[np.int64]  # (n,)
+    prev: npt.NDArray[np.int64]  # (n,): the previous row's offset in the same partition (start - 1 for the first)
+    produce_ts_ms: npt.NDArray[np.int64]  # (n,), 0 = unknown
+    nbytes: npt.NDArray[np.int32]  # (n,): size of the message value
+    arrived: npt.NDArray[np.float64]  # (n,): time.monotonic() when the row was decoded
+    epoch: npt.NDArray[np.int32]  # (n,): the partition's offset chain the row belongs to (see feeder.py)
 
     def __len__(self) -> int:
         return int(self.offset.shape[0])
 
-    def select(self, index: np.ndarray | slice) -> Rows:
+    def select(self, index: npt.NDArray[np.intp] | slice) -> Rows:
         return Rows(*(getattr(self, f)[index] for f in _FIELDS))
 
     @staticmethod

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from stream_trainer import metrics
 from stream_trainer.batcher import Batch, Batcher
@@ -34,6 +35,7 @@ from stream_trainer.replay import merge_states
 from stream_trainer.workers import CHECKPOINT, FRESH, PARTITIONS, ROWS, STOP, VOTE_SIZE, Workers
 
 log = logging.getLogger(__name__)
+Array = npt.NDArray[Any]
 
 # How long one round waits for a first fresh row when alone: bounds how late a stop is noticed.
 _IDLE_WAIT_S = 0.25
@@ -43,7 +45,7 @@ _CHECKPOINT_RETRY_S = 5.0
 class ReplayStore(Protocol):
     def __len__(self) -> int: ...
 
-    def add(self, images: np.ndarray, masks: np.ndarray, partitions: np.ndarray, offsets: np.ndarray) -> None: ...
+    def add(self, images: Array, masks: Array, partitions: Array, offsets: Array) -> None: ...
 
     def state(self) -> Any: ...
 
@@ -97,10 +99,10 @@ class _Window:
     fresh_rows: int = 0
     replay_loss: float = 0.0
     replay_rows: int = 0
-    fresh_cm: np.ndarray = field(default_factory=lambda: np.zeros((3, 3), np.int64))
-    replay_cm: np.ndarray = field(default_factory=lambda: np.zeros((3, 3), np.int64))
+    fresh_cm: Array = field(default_factory=lambda: np.zeros((3, 3), np.int64))
+    replay_cm: Array = field(default_factory=lambda: np.zeros((3, 3), np.int64))
 
-    def add(self, out: dict[str, np.ndarray]) -> None:
+    def add(self, out: dict[str, Array]) -> None:
         self.fresh_loss += float(out["fresh_loss_sum"])
         self.fresh_rows += int(out["fresh_rows"])
         self.replay_loss += float(out["replay_loss_sum"])
@@ -209,7 +211,7 @@ class TrainLoop:
             return "end of input"
         return ""
 
-    def _ballot(self, batch: Batch | None, reason: str) -> np.ndarray:
+    def _ballot(self, batch: Batch | None, reason: str) -> Array:
         ballot = np.zeros(VOTE_SIZE, np.int64)
         ballot[STOP] = 1 if reason else 0
         if batch is not None:
@@ -281,7 +283,7 @@ class TrainLoop:
             self._trained_log.flush()
 
     # -- schedule ---------------------------------------------------------------------------
-    def _housekeeping(self, totals: np.ndarray) -> None:
+    def _housekeeping(self, totals: Array) -> None:
         step = self.summary.step
         every_eval = self.cfg.eval_every_steps
         if every_eval and step - self._last_eval_step >= every_eval and self.w.is_chief:
@@ -379,7 +381,7 @@ def weights_checksum(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _part(loss_sum: float, rows: int, cm: np.ndarray, name: str) -> str:
+def _part(loss_sum: float, rows: int, cm: Array, name: str) -> str:
     """Set the prequential gauges of one part; return its status-line text."""
     if rows == 0:
         return "-"

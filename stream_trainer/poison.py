@@ -70,7 +70,7 @@ def classify(value: bytes | None) -> Verdict:
                                  f"protobuf")
     feats = ex.features.feature
     for key, kind, required in FEATURES:
-        problem = _feature_problem(feats[key] if key in feats else None, key, kind, required)
+        problem = _feature_problem(feats.get(key), key, kind, required)
         if problem is not None:
             return problem
     version = feats[wire.VERSION_KEY].int64_list.value[0]

@@ -12,22 +12,24 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 
 from stream_trainer import metrics, pipeline
 from stream_trainer.kafka import Cluster
 
 log = logging.getLogger(__name__)
+Array = npt.NDArray[Any]
 
-Example = tuple[np.ndarray, np.ndarray]
+Example = tuple[Array, Array]
 
 
 def kafka_fetch(cluster: Cluster, topic: str, image_size: int,
-                batch_size: int = 64) -> Callable[[np.ndarray], Mapping[tuple[int, int], Example | None]]:
+                batch_size: int = 64) -> Callable[[Array], Mapping[tuple[int, int], Example | None]]:
     """A ``fetch(members)`` for ``ReplayStore.restore`` that reads ``topic``."""
 
-    def fetch(members: np.ndarray) -> dict[tuple[int, int], Example | None]:
+    def fetch(members: Array) -> dict[tuple[int, int], Example | None]:
         t0 = time.monotonic()
         by_partition: dict[int, list[int]] = defaultdict(list)
         for p, o in members.tolist():

@@ -90,7 +90,6 @@ class PartitionReader:
         options.experimental_optimization.map_parallelization = False
         options.deterministic = True
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
         def read(start: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
             spec = tf.strings.join([topic, str(partition), tf.strings.as_string(start), "-1"], ":")
             ds = tfio_kafka.KafkaDataset(
@@ -102,16 +101,17 @@ class PartitionReader:
                 part, offset = _split_position(position)
 
                 def hand_on() -> tf.Tensor:
-                    with tf.control_dependencies([inbox.put(value, part, offset)]):
-                        with tf.control_dependencies([self.last_read.assign(offset)]):
-                            return tf.identity(offset)
+                    # Nested on purpose: the position is recorded only after the message is in.
+                    with tf.control_dependencies([inbox.put(value, part, offset)]), \
+                            tf.control_dependencies([self.last_read.assign(offset)]):
+                        return tf.identity(offset)
 
                 return tf.cond(self.active.read_value(), hand_on, lambda: tf.constant(-1, tf.int64))
 
             ds = ds.map(forward).batch(_READER_CHUNK).with_options(options)
             return ds.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, out_type=tf.int64))
 
-        self._read = read
+        self._read = tf.function(read, input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
 
     def read(self, start: int, count: int = -1) -> int:
         """Read from ``start`` (``count`` messages, -1 = forever); raises tf.errors.OpError on failure."""

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from stream_trainer import metrics
@@ -33,6 +34,7 @@ from stream_trainer.errors import ConfigError, PeerLostError
 from stream_trainer.step import StepFn, input_signature
 
 log = logging.getLogger(__name__)
+Array = npt.NDArray[Any]
 
 # Vote slots, summed over workers; flags mean "> 0" after the sum. Only the chief fills the last
 # two: its clock says whether a checkpoint is due by time, its metadata how many partitions exist.
@@ -81,15 +83,15 @@ class Workers:
     def compile_step(self, replica_step: StepFn, image_size: int) -> None:
         self._step = tf.function(replica_step, input_signature=input_signature(image_size))
 
-    def step(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray, fresh: np.ndarray,
-             total_weight: float) -> dict[str, np.ndarray]:
+    def step(self, image: Array, mask: Array, weight: Array, fresh: Array,
+             total_weight: float) -> dict[str, Array]:
         out = self._step(image, mask, weight, fresh, np.float32(total_weight))
         return {k: v.numpy() for k, v in out.items()}
 
-    def vote(self, ballot: np.ndarray) -> np.ndarray:
+    def vote(self, ballot: Array) -> Array:
         return ballot
 
-    def sum_vector(self, values: np.ndarray) -> np.ndarray:
+    def sum_vector(self, values: Array) -> Array:
         """Element-wise sum over workers of an int64 vector (same length everywhere)."""
         return values
 
@@ -130,7 +132,6 @@ class MultiWorkers(Workers):
 
         # Traced once per vector length (a handful: the vote, positions, a start-up broadcast):
         # collectives need static shapes.
-        @tf.function
         def all_sum(values: tf.Tensor) -> tf.Tensor:
             def replica(v: tf.Tensor) -> tf.Tensor:
                 # A collective needs its input placed; a plain tensor in a tf.function is not yet.
@@ -140,34 +141,33 @@ class MultiWorkers(Workers):
 
             return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
 
-        self._all_sum = all_sum
+        self._all_sum = tf.function(all_sum)
         self._step_fn: Any = None
 
     def compile_step(self, replica_step: StepFn, image_size: int) -> None:
         strategy = self.strategy
 
-        @tf.function(input_signature=input_signature(image_size))
         def step(image: tf.Tensor, mask: tf.Tensor, weight: tf.Tensor, fresh: tf.Tensor,
                  total_weight: tf.Tensor) -> dict[str, tf.Tensor]:
             out = strategy.run(replica_step, args=(image, mask, weight, fresh, total_weight))
             return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
 
-        self._step = step
+        self._step = tf.function(step, input_signature=input_signature(image_size))
 
-    def step(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray, fresh: np.ndarray,
-             total_weight: float) -> dict[str, np.ndarray]:
+    def step(self, image: Array, mask: Array, weight: Array, fresh: Array,
+             total_weight: float) -> dict[str, Array]:
         try:
             return super().step(image, mask, weight, fresh, total_weight)
         except tf.errors.OpError as exc:
             raise self._lost(exc) from exc
 
-    def vote(self, ballot: np.ndarray) -> np.ndarray:
+    def vote(self, ballot: Array) -> Array:
         t0 = time.monotonic()
         result = self.sum_vector(ballot)
         metrics.COLLECTIVE_SECONDS.observe(time.monotonic() - t0)
         return result
 
-    def sum_vector(self, values: np.ndarray) -> np.ndarray:
+    def sum_vector(self, values: Array) -> Array:
         try:
             return np.asarray(self._all_sum(tf.constant(values, tf.int64)).numpy())
         except tf.errors.OpError as exc:
@@ -200,7 +200,6 @@ class MultiWorkers(Workers):
         for i, v in enumerate(variables):
             groups.setdefault(v.dtype, []).append(i)
 
-        @tf.function
         def gather() -> list[list[tf.Tensor]]:
             def replica() -> list[list[tf.Tensor]]:
                 ctx = tf.distribute.get_replica_context()
@@ -212,7 +211,7 @@ class MultiWorkers(Workers):
             return [[strategy.experimental_local_results(t)[0] for t in group] for group in strategy.run(replica)]
 
         try:
-            values = gather()
+            values = tf.function(gather)()
         except tf.errors.OpError as exc:
             raise self._lost(exc) from exc
         for idx, group in zip(groups.values(), values, strict=True):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_trainer.workbench.broker import LocalBroker
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.broker import LocalBroker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

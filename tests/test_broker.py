@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stream_trainer.errors import BrokerStartError, BrokerUnavailableError, MissingToolError
 from stream_trainer.workbench import broker as broker_mod
 from stream_trainer.workbench.broker import LocalBroker, free_port, resolve_jars
-from stream_trainer.errors import BrokerStartError, BrokerUnavailableError, MissingToolError
 
 
 def test_missing_java_names_the_package_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

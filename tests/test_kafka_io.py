@@ -55,12 +55,12 @@ def _take(inbox: Inbox, timeout_s: float) -> tuple[bytes, int, int]:
     return box[0]
 
 
-def _keep(iterator):  # noqa: ANN001, ANN202
+def _keep(iterator):
     _ALIVE.append(iterator)
     return iterator
 
 
-def _next_within(iterator, timeout_s: float):  # noqa: ANN001, ANN202
+def _next_within(iterator, timeout_s: float):
     """next(iterator) on a helper thread, so a blocked tfio read fails the test instead of hanging it."""
     box: list[object] = []
     t = threading.Thread(target=lambda: box.append(next(iterator, StopIteration)), daemon=True)

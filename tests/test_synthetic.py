@@ -13,8 +13,13 @@ from PIL import Image
 
 from producer.sources import synthetic
 from stream_trainer import config, wire
-from stream_trainer.config import (SYNTHETIC_BACKGROUNDS, SYNTHETIC_PET_COLOURS, SYNTHETIC_SHAPES,
-                                   ProducerSourceConfig, SyntheticPhaseConfig)
+from stream_trainer.config import (
+    SYNTHETIC_BACKGROUNDS,
+    SYNTHETIC_PET_COLOURS,
+    SYNTHETIC_SHAPES,
+    ProducerSourceConfig,
+    SyntheticPhaseConfig,
+)
 from stream_trainer.errors import ConfigError
 from stream_trainer.wire import PetRecord
 

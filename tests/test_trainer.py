@@ -15,7 +15,6 @@ from PIL import Image
 from tensorflow.core.example import example_pb2
 
 from producer.sources.synthetic import make_record
-from stream_trainer import wire
 from stream_trainer.app import run_trainer
 from stream_trainer.checkpoint import read_positions
 from stream_trainer.kafka import Cluster
@@ -155,7 +154,7 @@ def _dead_letter_headers(settings: object, expected: int = 8) -> dict[bytes, dic
     for _ in range(40):
         msg = c.poll(0.5)
         if msg is not None and msg.error() is None:
-            got[msg.key()] = {k: v for k, v in msg.headers()} | {"value": msg.value() or b""}
+            got[msg.key()] = dict(msg.headers()) | {"value": msg.value() or b""}
         if len(got) == expected:
             break
     c.close()
@@ -196,9 +195,8 @@ def test_restart_resumes_from_the_checkpoint_step_and_offsets(trained: dict, tmp
 
 def test_stop_event_ends_an_idle_trainer_promptly(kafka_bootstrap: str, tmp_path: Path,
                                                   new_topic: Callable[..., str]) -> None:
-    import time
-
     import logging
+    import time
 
     topic = new_topic(partitions=2)
     settings = tiny_settings(kafka_bootstrap, tmp_path, topic)

@@ -154,8 +154,10 @@ def test_hard_kill_resumes_from_the_checkpoint_and_retrains_exactly_the_lost_wor
 
     proc = start_trainer(config)
     # Killed between checkpoints, with work done after the second one.
-    wait_for(lambda: (read_positions(settings.trainer.checkpoint.dir) or (0,))[0] >= 20
-             and any(s > (read_positions(settings.trainer.checkpoint.dir) or (0,))[0] for _, _, s in trained_lines(log)),
+    def saved_step() -> int:
+        return (read_positions(settings.trainer.checkpoint.dir) or (0,))[0]
+
+    wait_for(lambda: saved_step() >= 20 and any(s > saved_step() for _, _, s in trained_lines(log)),
              120, "work after the second checkpoint", proc)
     proc.kill()
     proc.wait()

@@ -221,7 +221,7 @@ def test_details_are_sentences_without_tensorflow_internals() -> None:
 
 
 def test_a_long_detail_is_cut_to_the_limit() -> None:
-    detail = poison._verdict("unknown", "x" * 1000).detail  # noqa: SLF001 - the one place details pass
+    detail = poison._verdict("unknown", "x" * 1000).detail
     assert len(detail) == poison.DETAIL_MAX_CHARS and detail.endswith("...")
 
 
@@ -234,7 +234,7 @@ def test_every_reason_is_reachable_and_listed_in_order() -> None:
 
 
 def test_poison_checks_the_features_the_pipeline_parses() -> None:
-    parsed = {key: (spec.dtype, spec.default_value is None) for key, spec in pipeline._FEATURES.items()}  # noqa: SLF001
+    parsed = {key: (spec.dtype, spec.default_value is None) for key, spec in pipeline._FEATURES.items()}
     kinds = {"int64_list": tf.int64, "bytes_list": tf.string}
     assert {key: (kinds[kind], required) for key, kind, required in poison.FEATURES} == parsed
 
@@ -299,7 +299,7 @@ def test_cross_field_rules_name_the_key() -> None:
 
 
 def test_a_moved_key_says_where_it_went() -> None:
-    with pytest.raises(ConfigError, match="'trainer.source.worker_index' has moved to trainer.cluster.index"):
+    with pytest.raises(ConfigError, match=r"'trainer\.source\.worker_index' has moved to trainer\.cluster\.index"):
         config.load(None, {"trainer.source.worker_index": 1})
 
 

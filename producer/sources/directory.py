@@ -54,7 +54,7 @@ def read_split_lists(annotations: Path) -> dict[str, str]:
 
 def _check_image(data: bytes) -> str:
     """'' if ``data`` is a whole, decodable JPEG or PNG; otherwise why not."""
-    if not (data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)):
+    if not data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
         return "not a JPEG or PNG file"
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -172,7 +172,10 @@ def _noise(rng: np.random.Generator, height: int, width: int) -> F32:
     return _noise_tile[:, y0:y0 + height, x0:x0 + width]
 
 
-def render(rng: np.random.Generator, width: int, height: int, look: Look = Look()) -> tuple[U8, U8]:
+DEFAULT_LOOK = Look()
+
+
+def render(rng: np.random.Generator, width: int, height: int, look: Look = DEFAULT_LOOK) -> tuple[U8, U8]:
     """Draw one scene: (H, W, 3) uint8 RGB image and (H, W) uint8 trimap with values 1..3."""
     # Channels-first planes: numpy broadcasts over a trailing axis of 3 several times slower.
     yy = np.arange(height, dtype=np.float32)

@@ -11,17 +11,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata  # type: ignore[attr-defined]
+from confluent_kafka.cimpl import NewTopic
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthorizationError, BrokerUnavailableError, ConfigError, StreamTrainerError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # librdkafka logs every failed connection attempt (many per second while a broker is down).
 # Its lines go to this logger, quiet by default: our own errors say what is wrong once.
 RDKAFKA_LOG = logging.getLogger("librdkafka")
@@ -62,15 +64,15 @@ def _creation_error(topic: str, replication_factor: int, exc: KafkaException, ka
     return BrokerUnavailableError(f"creating topic '{topic}' on {where} failed ({err.name()}): {reason}")
 
 
-def client_config(kafka: KafkaConfig, **extra: object) -> dict[str, object]:
+def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
     """librdkafka settings for one client: bootstrap, the user's pass-through keys, then ``extra``."""
-    conf: dict[str, object] = {"bootstrap.servers": kafka.bootstrap_servers, "logger": RDKAFKA_LOG}
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "logger": RDKAFKA_LOG}
     conf.update(kafka.client)
     conf.update(extra)
     return conf
 
 
-def _retry(what: str, call, timeout_s: float):  # noqa: ANN001, ANN202
+def _retry(what: str, call: Callable[[], T], timeout_s: float) -> T:
     """Run ``call`` until it stops failing with a retriable coordinator error or time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -88,7 +90,14 @@ def _retry(what: str, call, timeout_s: float):  # noqa: ANN001, ANN202
 DELIVERY_TIMEOUT_S = 10.0
 
 
-def _create(kind: Any, conf: dict[str, object]) -> Any:
+def offset_of(msg: Message) -> int:
+    """A consumed message's offset (confluent-kafka types it optional: only produced ones lack it)."""
+    offset = msg.offset()
+    assert offset is not None
+    return offset
+
+
+def _create(kind: Any, conf: dict[str, Any]) -> Any:
     """A client, or a ConfigError naming kafka.client when librdkafka refuses the combination."""
     try:
         return kind(conf)
@@ -169,7 +178,7 @@ class Cluster:
         """The topic's partition ids; ConfigError if it does not exist."""
         md = self.admin.list_topics(topic=topic, timeout=timeout_s)
         tmd = md.topics.get(topic)
-        if tmd is None or tmd.error is not None and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        if tmd is None or (tmd.error is not None and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
             msg = (f"topic '{topic}' does not exist on {self.kafka.bootstrap_servers}; create it "
                    f"(pet-producer does, with topics.partitions) or fix the topics.* config keys")
             raise ConfigError(msg)
@@ -217,7 +226,8 @@ class Cluster:
                 self._await_leaders(one, topics, deadline, timeout_s, address)
 
     @staticmethod
-    def _await_leaders(admin: AdminClient, topics: list[str], deadline: float, timeout_s: float, where: str):  # noqa: ANN205
+    def _await_leaders(admin: AdminClient, topics: list[str], deadline: float, timeout_s: float,
+                       where: str) -> ClusterMetadata:
         while True:
             try:
                 md = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
@@ -239,8 +249,13 @@ class Cluster:
         out = {}
         for p in partitions:
             tp = TopicPartition(topic, p)
-            low, high = _retry(f"reading watermarks of {topic}[{p}]",
-                               lambda tp=tp: self.consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)
+
+            def read(tp: TopicPartition = tp) -> tuple[int, int]:
+                marks = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                assert marks is not None  # None only with cached=True
+                return marks
+
+            low, high = _retry(f"reading watermarks of {topic}[{p}]", read, timeout_s)
             out[p] = Watermarks(low, high)
         return out
 
@@ -316,13 +331,13 @@ class Cluster:
                 msg = reader.poll(0.5)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                if (err := msg.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         return out
                     continue
-                if msg.offset() >= end:
+                if offset_of(msg) >= end:
                     return out
-                if msg.offset() >= start:
+                if offset_of(msg) >= start:
                     out.append(msg)
             msg_ = f"re-reading {topic}[{partition}] offsets {start}..{end - 1} timed out"
             raise BrokerUnavailableError(msg_)
@@ -352,16 +367,17 @@ class Cluster:
                 msg = reader.poll(0.5)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                if (err := msg.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         break  # the rest is beyond the log end
                     continue
-                while i < len(wanted) and wanted[i] < msg.offset():
+                offset = offset_of(msg)
+                while i < len(wanted) and wanted[i] < offset:
                     i += 1  # deleted by retention (or compacted away)
-                if i < len(wanted) and wanted[i] == msg.offset():
-                    found[msg.offset()] = msg
+                if i < len(wanted) and wanted[i] == offset:
+                    found[offset] = msg
                     i += 1
-                if i < len(wanted) and wanted[i] - msg.offset() > max_gap:
+                if i < len(wanted) and wanted[i] - offset > max_gap:
                     reader.seek(TopicPartition(topic, partition, wanted[i]))
         finally:
             reader.close()

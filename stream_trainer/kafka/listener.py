@@ -7,9 +7,9 @@ tells these apart, so ``preflight`` can name the problem instead of guessing.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
+from pathlib import Path
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthenticationError, BrokerUnavailableError
@@ -37,9 +37,9 @@ def _tls_context(kafka: KafkaConfig, verify: bool, check_hostname: bool) -> ssl.
     ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
     if verify:
         ca = kafka.client.get("ssl.ca.location", "")
-        if ca and os.path.isfile(ca):
+        if ca and Path(ca).is_file():
             ctx.load_verify_locations(cafile=ca)
-        elif ca and os.path.isdir(ca):
+        elif ca and Path(ca).is_dir():
             ctx.load_verify_locations(capath=ca)
         else:
             ctx.load_default_certs()
@@ -52,9 +52,9 @@ def _tls_context(kafka: KafkaConfig, verify: bool, check_hostname: bool) -> ssl.
 def _handshake(host: str, port: int, ctx: ssl.SSLContext, timeout_s: float) -> Exception | None:
     """None if a TLS handshake with ``ctx`` succeeds; the exception otherwise (OSError: no TCP)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            with ctx.wrap_socket(sock, server_hostname=host):
-                return None
+        with socket.create_connection((host, port), timeout=timeout_s) as sock, \
+                ctx.wrap_socket(sock, server_hostname=host):
+            return None
     except (OSError, ssl.SSLError, ValueError) as exc:
         return exc
 

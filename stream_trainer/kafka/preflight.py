@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -110,7 +111,8 @@ def _security_error(attempt: _Attempt, kafka: KafkaConfig, servers: str,
     return None
 
 
-def _metadata(kafka: KafkaConfig, servers: str, topic: str | None, deadline: float, timeout_s: float):  # noqa: ANN202
+def _metadata(kafka: KafkaConfig, servers: str, topic: str | None, deadline: float,
+              timeout_s: float) -> Any:
     """Metadata from ``servers`` with a fresh client, or the error that explains why none came."""
     attempt = _Attempt()
     admin = _admin(kafka, **{"bootstrap.servers": servers, "error_cb": attempt.errors.append})

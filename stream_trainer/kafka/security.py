@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import ConfigError
@@ -105,16 +106,19 @@ def tfio_properties(kafka: KafkaConfig) -> list[str]:
 def _check_protocol_and_mechanism(client: dict[str, str]) -> None:
     protocol = client.get("security.protocol", "plaintext").strip().lower()
     if protocol not in PROTOCOLS:
-        raise _refuse("security.protocol", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+        refused = _refuse("security.protocol", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+        raise refused
     key = "sasl.mechanism" if "sasl.mechanism" in client else "sasl.mechanisms"
     mechanism = client.get(key, "").strip().upper()
     if mechanism == "GSSAPI":
-        raise _refuse(key, "is GSSAPI, but tensorflow-io's librdkafka is built without GSSAPI/Kerberos; "
-                           "use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+        why = ("is GSSAPI, but tensorflow-io's librdkafka is built without GSSAPI/Kerberos; "
+               "use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+        raise _refuse(key, why)
     if protocol.startswith("sasl_") and not mechanism:
-        raise _refuse("sasl.mechanism", f"must be set with security.protocol={protocol.upper()}: librdkafka's default "
-                                        "is GSSAPI/Kerberos, which tensorflow-io's librdkafka is built without; "
-                                        "use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+        refused = _refuse("sasl.mechanism", f"must be set with security.protocol={protocol.upper()}: librdkafka's "
+                                            "default is GSSAPI/Kerberos, which tensorflow-io's librdkafka is built "
+                                            "without; use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+        raise refused
     if mechanism and mechanism not in MECHANISMS:
         raise _refuse(key, f"must be one of {', '.join(sorted(MECHANISMS))}")
     if mechanism == "OAUTHBEARER" and client.get("enable.sasl.oauthbearer.unsecure.jwt", "").lower() != "true":
@@ -147,7 +151,7 @@ def check(kafka: KafkaConfig) -> None:
     tfio_properties(kafka)
     for key in PATH_KEYS:
         path = kafka.client.get(key)
-        if path and path != "probe" and not os.path.exists(path):
+        if path and path != "probe" and not Path(path).exists():
             raise _refuse(key, f"names {path}, which does not exist")
     client = {k: v.strip().lower() for k, v in kafka.client.items()}
     tls = client.get("security.protocol", "plaintext") in {"ssl", "sasl_ssl"}

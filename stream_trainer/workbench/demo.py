@@ -16,8 +16,8 @@ from pathlib import Path
 
 from stream_trainer import config
 from stream_trainer.app import run_trainer
-from stream_trainer.workbench.broker import LocalBroker
 from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.broker import LocalBroker
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"

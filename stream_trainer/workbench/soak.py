@@ -32,9 +32,9 @@ from typing import IO, Any
 
 import yaml
 
-from stream_trainer.workbench.broker import LocalBroker, free_port
 from stream_trainer.config import load as load_config
 from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.broker import LocalBroker, free_port
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_trainer.workbench.broker import free_port
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ class Program:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *module_args], cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            preexec_fn=preexec_fn)  # noqa: PLW1509 - only setrlimit-style calls are passed
+            preexec_fn=preexec_fn)
         self._pump = threading.Thread(target=self._copy_output, name=f"pump-{name}", daemon=True)
         self._pump.start()
 

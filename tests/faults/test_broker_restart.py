@@ -23,7 +23,6 @@ from faultlib import Rig, free_port, log_ends, make_rig, metric, missing_offsets
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
-
 from stream_trainer.workbench.broker import LocalBroker
 
 # The 5.0 s bucket of stream_trainer_input_wait_seconds: waits longer than it are outages, not jitter.

@@ -66,7 +66,8 @@ def _sleep_alive(rig: Rig, seconds: float, *programs: Program) -> None:
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
-def _in_weights(previous: set[Offset], previous_step: int, run: list[TrainedLine], ckpt: SavedCheckpoint) -> set[Offset]:
+def _in_weights(previous: set[Offset], previous_step: int, run: list[TrainedLine],
+                ckpt: SavedCheckpoint) -> set[Offset]:
     """Offsets whose training the checkpoint's weights hold (see the module docstring)."""
     if ckpt.step <= previous_step:  # the run wrote no checkpoint of its own: the old one is still newest
         return previous
@@ -87,7 +88,7 @@ def _kill_and_restart(rig: Rig, rng: Random, kills: int) -> None:
         trainer = rig.trainer(config, f"trainer-{run}")
         # Wait until this run has re-trained what the last kill lost (so each kill is checked
         # strictly on its own), then let it train at least one batch of its own.
-        rig.wait_until(lambda log=log: lost <= {(p, o) for p, o, _ in read_trained(log)}
+        rig.wait_until(lambda log=log, lost=lost: lost <= {(p, o) for p, o, _ in read_trained(log)}
                        and len(read_trained(log)) > len(lost), 240,
                        f"run {run} to re-train the {len(lost)} offsets the last kill lost", alive=(trainer, producer))
         if run == kills:

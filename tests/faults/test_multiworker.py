@@ -168,7 +168,7 @@ def test_a_killed_worker_stops_the_job_and_a_restart_skips_nothing(job: Rig, vic
     survivor = first[1 - victim][0]
     try:
         survivor.proc.wait(PEER_TIMEOUT_S + 15)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pytest.fail(f"the surviving worker did not exit within {PEER_TIMEOUT_S + 15} s{job.logs()}")
     detected_s = time.monotonic() - killed_at
     assert survivor.proc.returncode != 0

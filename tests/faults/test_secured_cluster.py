@@ -58,8 +58,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 
 def _grant_documented_acls(plaintext: str) -> None:
     """The ACLs of docs/operations.md, on the module's topic and group prefix."""
-    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
-                                       ResourcePatternType, ResourceType)
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     def allow(user: str, resource: ResourceType, operation: AclOperation) -> AclBinding:
         return AclBinding(resource, PREFIX, ResourcePatternType.PREFIXED, f"User:{user}", "*", operation,
@@ -329,8 +335,7 @@ def test_swapped_broker_certificate_is_caught_by_the_next_check(secured: LocalBr
 
 
 def _set_keystore(broker: LocalBroker, keystore: Path, password: str) -> None:
-    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
-                                       ResourceType)
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
     prefix = "listener.name.sasl_ssl."
     entries = [ConfigEntry(f"{prefix}ssl.keystore.location", str(keystore),

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from faultlib import ROOT, child_env
 
-from stream_trainer.workbench.soak import (MAX_SLOPE_MIB_PER_HOUR, MIN_STEADY_S, Sample, shortest_judged_minutes,
-                                           slope_mib_per_hour, verdict)
+from stream_trainer.workbench.soak import (
+    MAX_SLOPE_MIB_PER_HOUR,
+    MIN_STEADY_S,
+    Sample,
+    shortest_judged_minutes,
+    slope_mib_per_hour,
+    verdict,
+)
 
 
 def _series(minutes: float, rss: Callable[[float], float]) -> list[Sample]:

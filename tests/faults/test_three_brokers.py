@@ -98,7 +98,7 @@ def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(whole: LocalC
     failed: list[str] = []
     stop = threading.Event()
 
-    def on_delivery(err: KafkaError | None, msg) -> None:  # noqa: ANN001
+    def on_delivery(err: KafkaError | None, msg) -> None:
         (failed.append(str(err)) if err is not None else acked.append(msg.value()))
 
     def produce() -> None:

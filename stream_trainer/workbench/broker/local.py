@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stream_trainer.errors import BrokerStartError
 from stream_trainer.workbench import broker as package
@@ -25,7 +27,7 @@ from stream_trainer.workbench.broker.sasl import LISTENER, SaslSsl
 log = logging.getLogger(__name__)
 
 
-def _admin(bootstrap: str):  # noqa: ANN202 - confluent_kafka is imported lazily (the CLI's broker command)
+def _admin(bootstrap: str) -> Any:  # confluent_kafka is imported lazily (the CLI's broker command)
     from confluent_kafka.admin import AdminClient
 
     return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
@@ -199,7 +201,7 @@ class LocalCluster:
 
     # --- what the cluster looks like -------------------------------------------------------------
 
-    def _partition(self, topic: str, partition: int, timeout_s: float):  # noqa: ANN202
+    def _partition(self, topic: str, partition: int, timeout_s: float) -> Any:
         # Brokers learn of a new topic at slightly different moments: one that answers without it
         # has not caught up yet, so ask again until the timeout.
         admin = _admin(self.bootstrap)
@@ -222,7 +224,7 @@ class LocalCluster:
         """The node ids in the partition's in-sync replica set."""
         return sorted(self._partition(topic, partition, timeout_s).isrs)
 
-    def wait_for(self, condition, what: str, timeout_s: float = 60.0) -> None:  # noqa: ANN001
+    def wait_for(self, condition: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
         """Poll ``condition()`` (metadata errors count as "not yet") until true; BrokerStartError otherwise."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
