@@ -1,0 +1,150 @@
+"""Issue 14: the replay store across a hard kill, and replay against forgetting on a drifting stream.
+
+* SIGKILL, then restart: the store comes back with the checkpoint's members, re-read from Kafka;
+  members retention deleted in between are counted as lost, exactly; positions resume from the
+  checkpoint (replayed rows never move them).
+* A stream that drifts from phase A to phase B (the synthetic producer's phases), trained once
+  without and once with replay, same seed, same fresh messages: with replay the model keeps more
+  of what it learned on A.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+from faultlib import Rig, latest_checkpoint, missing_offsets, read_trained
+
+from stream_trainer import config, wire
+from stream_trainer.checkpoint import read_state
+from stream_trainer.config import KafkaConfig
+from stream_trainer.kafka import Cluster
+from tests.pets import produce_pets
+
+# 32 px rows are 4 KiB: a 0.2 MiB store holds 51 members.
+STORE_MIB = 0.2
+STORE_MEMBERS = int(STORE_MIB * 2**20) // (32 * 32 * 4)
+
+
+@pytest.mark.faults
+def test_a_hard_killed_trainer_restores_its_replay_store_from_the_checkpoint(rig: Rig) -> None:
+    for p in (0, 1):
+        produce_pets(rig.bootstrap, rig.topic, 150, seed=p, size=40, partition=p)
+    log = rig.tmp / "trained.log"
+    config_file = rig.write_config("t.yaml", rig.settings(trainer__loop__trained_log=str(log),
+                                                          trainer__replay__size_mib=STORE_MIB))
+    first = rig.trainer(config_file, "trainer-1")
+
+    def full_store() -> bool:
+        state = read_state(rig.checkpoint_dir)
+        return state is not None and len(state.replay.get("members", [])) == STORE_MEMBERS
+
+    rig.wait_until(full_store, 180, "a checkpoint with a full replay store", alive=(first,))
+    first.kill()
+    saved = read_state(rig.checkpoint_dir)
+    assert saved is not None
+    members = [tuple(m) for m in saved.replay["members"]]
+    assert len(members) == STORE_MEMBERS and all(o < saved.offsets[p] for p, o in members)
+    # Retention takes the oldest members of partition 0 while the trainer is down.
+    p0 = sorted(o for p, o in members if p == 0)
+    cut = p0[len(p0) // 2]
+    deleted = sum(1 for p, o in members if p == 0 and o < cut)
+    assert 0 < deleted < len(members)
+    cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
+    try:
+        for f in cluster.admin.delete_records([TopicPartition(rig.topic, 0, cut)]).values():
+            f.result(30)
+    finally:
+        cluster.close()
+
+    second = rig.trainer(config_file, "trainer-2")
+    pattern = re.compile(r"replay store restored: (\d+) members, (\d+) lost .* in ([\d.]+) s")
+    found = rig.wait_until(lambda: pattern.search("".join(second.output)), 180, "the store restored",
+                           alive=(second,))
+    restored, lost, seconds = int(found.group(1)), int(found.group(2)), float(found.group(3))
+    print(f"replay restore: {restored} members back, {lost} lost, refill took {seconds} s")
+    assert (restored, lost) == (STORE_MEMBERS - deleted, deleted)
+    ends = {p: 150 for p in (0, 1)}
+    rig.wait_until(lambda: not missing_offsets(Counter((p, o) for p, o, _ in read_trained(log)), ends,
+                                               saved.offsets), 180, "the rest trained", alive=(second,))
+    assert second.stop() == 0, rig.logs()
+    restarted = [(p, o) for p, o, s in read_trained(log) if s > saved.step]
+    assert min(o for p, o in restarted if p == 1) == saved.offsets[1], "positions resume from the checkpoint"
+    final = latest_checkpoint(rig.checkpoint_dir)
+    assert final is not None and final.positions == ends
+
+
+def _phase_iou(export_dir: Path, settings: config.Settings, phase: str) -> float:
+    """Mean IoU of the newest export on the eval images of one phase."""
+    import keras
+
+    from stream_trainer.evaluate import confusion, read_eval_messages, scores
+    from stream_trainer.pipeline import decode_values
+
+    cluster = Cluster(settings.kafka)
+    try:
+        messages = read_eval_messages(cluster, settings.topics.eval, 1000, 5)
+    finally:
+        cluster.close()
+    values = [m.value for m in messages if wire.phase_of(wire.decode(m.value)[0].source) == phase]
+    assert len(values) >= 20, f"only {len(values)} eval images of phase {phase}"
+    model = keras.models.load_model(export_dir / "latest" / "model.keras")
+    batches = [{"image": b["image"], "mask": b["mask"]} for b in decode_values(values, 32, 32)]
+    cm, n = confusion(model, batches)
+    assert n == len(values)
+    return scores(cm)[0]
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_replay_keeps_more_of_phase_a_than_no_replay_on_a_drifting_stream(rig: Rig, tmp_path: Path) -> None:
+    from producer import app as producer_app
+    from stream_trainer.app import run_trainer
+
+    phases = [{"name": "a", "images": 600, "shape": "blob", "pet_colour": "warm", "background": "cool-noise"},
+              {"name": "b", "images": 600, "shape": "box", "pet_colour": "cool", "background": "warm-stripes"}]
+    base = rig.settings(producer__source__phases=phases, producer__source__eval_fraction=0.1,
+                        producer__send_eval=True, producer__passes=1, producer__rate=0,
+                        producer__partitioner="round_robin", producer__shuffle=True)
+    base["topics"]["partitions"] = 1
+    producer_settings = config.load(rig.write_config("producer.yaml", base))
+    cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
+    drift_topic = f"{rig.topic}-drift"
+    cluster.ensure_topics({drift_topic: 1, f"{rig.topic}-eval": 1})
+    cluster.close()
+    producer_settings = config.replace(producer_settings, "topics.train", drift_topic)
+    producer_app.run(producer_settings)
+    total = 2 * 600 - 2 * 60  # the eval share of each phase goes to the eval topic
+
+    ious = {}
+    for replay_mib in (0.0, 1.0):
+        run = f"replay-{replay_mib}"
+        log = tmp_path / f"{run}.log"
+        data = rig.settings(trainer__loop__trained_log=str(log), trainer__replay__size_mib=replay_mib,
+                            trainer__replay__fraction=0.5, trainer__source__group_id=f"{rig.group}-{run}",
+                            trainer__checkpoint__dir=str(tmp_path / run / "ckpt"),
+                            trainer__checkpoint__export_dir=str(tmp_path / run / "export"),
+                            trainer__model__base_filters=8, trainer__model__learning_rate=0.003,
+                            trainer__pipeline__batch_size=8, trainer__pipeline__seed=1)
+        data["topics"]["train"] = drift_topic
+        settings = config.load(rig.write_config(f"{run}.yaml", data))
+        stop = threading.Event()
+
+        def all_trained(log: Path = log) -> None:
+            while not stop.wait(0.5):
+                if len(read_trained(log)) >= total:
+                    stop.set()
+
+        threading.Thread(target=all_trained, daemon=True).start()
+        run_trainer(settings, stop=stop)
+        assert len(read_trained(log)) == total
+        ious[replay_mib] = (_phase_iou(tmp_path / run / "export", settings, "a"),
+                            _phase_iou(tmp_path / run / "export", settings, "b"))
+    print(f"drift: IoU on A / B after A then B: without replay {ious[0.0]}, with replay {ious[1.0]}")
+    (without_a, without_b), (with_a, with_b) = ious[0.0], ious[1.0]
+    assert with_a > without_a + 0.05, ious
+    assert with_b >= 0.8 * without_b, ious
