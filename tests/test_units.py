@@ -307,3 +307,19 @@ def test_shipped_configs_load() -> None:
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("trainer.yaml", "producer.yaml", "demo.yaml", "docker.yaml"):
         config.load(root / name)
+
+
+def test_librdkafka_reconnect_chatter_is_dropped_but_security_errors_pass() -> None:
+    import logging
+
+    from stream_trainer.kafka import RDKAFKA_LOG
+
+    def passes(text: str) -> bool:
+        record = logging.LogRecord("librdkafka", logging.ERROR, __file__, 1, text, None, None)
+        return all(f.filter(record) for f in RDKAFKA_LOG.filters)
+
+    assert not passes("FAIL [thrd:127.0.0.1:9092/bootstrap]: Connect to ipv4#127.0.0.1:9092 failed: Connection refused")
+    assert not passes("1/1 brokers are down")
+    assert passes("FAIL [thrd:sasl_ssl://b:9093/bootstrap]: SASL authentication error: Authentication failed")
+    assert passes("FAIL [thrd:ssl://b:9093/bootstrap]: SSL handshake failed: certificate verify failed")
+    assert passes("CONFWARN [thrd:app]: Configuration property group.id is a consumer property")

@@ -24,10 +24,25 @@ from stream_trainer.errors import AuthorizationError, BrokerUnavailableError, Co
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# librdkafka logs every failed connection attempt (many per second while a broker is down).
-# Its lines go to this logger, quiet by default: our own errors say what is wrong once.
+
+
+class _ReconnectChatter(logging.Filter):
+    """Drops librdkafka's reconnect chatter, many lines a second while a broker is away (our own
+    errors say once what is wrong), and passes everything else: authentication, TLS and
+    configuration problems are never hidden."""
+
+    _CHATTER = ("Connection refused", "Connect to ", "Disconnected", "brokers are down", "transport failure",
+                "Receive failed", "Send failed", "Timed out", "timed out")
+    _NEVER_HIDDEN = ("SASL", "SSL", "uthenticat", "certificate", "handshake", "onfiguration")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return any(k in text for k in self._NEVER_HIDDEN) or not any(n in text for n in self._CHATTER)
+
+
+# The logger every confluent-kafka client of ours hands librdkafka's log lines to.
 RDKAFKA_LOG = logging.getLogger("librdkafka")
-RDKAFKA_LOG.setLevel(logging.CRITICAL)
+RDKAFKA_LOG.addFilter(_ReconnectChatter())
 
 # Group-coordinator answers that mean "not yet": a fresh broker is still loading __consumer_offsets.
 # Likewise a just-created partition whose leader is still being elected.

@@ -68,7 +68,7 @@ def test_a_hard_killed_trainer_restores_its_replay_store_from_the_checkpoint(rig
     restored, lost, seconds = int(found.group(1)), int(found.group(2)), float(found.group(3))
     print(f"replay restore: {restored} members back, {lost} lost, refill took {seconds} s")
     assert (restored, lost) == (STORE_MEMBERS - deleted, deleted)
-    ends = {p: 150 for p in (0, 1)}
+    ends = dict.fromkeys((0, 1), 150)
     rig.wait_until(lambda: not missing_offsets(Counter((p, o) for p, o, _ in read_trained(log)), ends,
                                                saved.offsets), 180, "the rest trained", alive=(second,))
     assert second.stop() == 0, rig.logs()
@@ -134,7 +134,7 @@ def test_replay_keeps_more_of_phase_a_than_no_replay_on_a_drifting_stream(rig: R
         settings = config.load(rig.write_config(f"{run}.yaml", data))
         stop = threading.Event()
 
-        def all_trained(log: Path = log) -> None:
+        def all_trained(log: Path = log, stop: threading.Event = stop) -> None:
             while not stop.wait(0.5):
                 if len(read_trained(log)) >= total:
                     stop.set()
