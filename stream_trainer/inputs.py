@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+import tensorflow as tf
+
 from stream_trainer import metrics, pipeline
 from stream_trainer.checkpoint import Restored
 from stream_trainer.config import Settings
@@ -88,11 +90,13 @@ class Inputs:
         self.stop = stop
         t = settings.trainer
         self.topic = settings.topics.train
-        self.inbox = Inbox(t.source.queue_capacity)
+        # Reading and decoding stay on the CPU, also on a GPU host: the accelerator is for the step.
+        with tf.device("/CPU:0"):
+            self.inbox = Inbox(t.source.queue_capacity)
+            decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, t.pipeline.decode_group,
+                                              t.pipeline.decode_threads)
         self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
                                   self._resolve, stop)
-        decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, t.pipeline.decode_group,
-                                          t.pipeline.decode_threads)
         self.feeder = Feeder(decoded, fresh, starts, stop, on_new_epoch=tracker.reset)
         self._starts = dict(starts)
         self._count = partition_count

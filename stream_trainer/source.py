@@ -79,11 +79,12 @@ class PartitionReader:
         self.partition = partition
         self.started_at = -1  # the offset the current read started from
         self.retired = False
-        # The offset of the last message put into the inbox: a restart continues after it.
-        self.last_read = tf.Variable(-1, dtype=tf.int64, trainable=False, name=f"last_read_{partition}")
-        # A reader replaced by the watchdog cannot be stopped (tfio ignores cancellation); it is
-        # retired instead: should it ever receive a message, it no longer hands it on.
-        self.active = tf.Variable(True, trainable=False, name=f"reader_active_{partition}")
+        with tf.device("/CPU:0"):
+            # The offset of the last message put into the inbox: a restart continues after it.
+            self.last_read = tf.Variable(-1, dtype=tf.int64, trainable=False, name=f"last_read_{partition}")
+            # A reader replaced by the watchdog cannot be stopped (tfio ignores cancellation); it
+            # is retired instead: should it ever receive a message, it no longer hands it on.
+            self.active = tf.Variable(True, trainable=False, name=f"reader_active_{partition}")
         servers, config = kafka.bootstrap_servers, tfio_config(kafka)
         options = tf.data.Options()
         # The forwarding map has side effects in offset order: it must never run in parallel.
@@ -91,6 +92,10 @@ class PartitionReader:
         options.deterministic = True
 
         def read(start: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+            with tf.device("/CPU:0"):  # device scopes are per thread: this runs in the reader's
+                return _read(start, count)
+
+        def _read(start: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
             spec = tf.strings.join([topic, str(partition), tf.strings.as_string(start), "-1"], ":")
             ds = tfio_kafka.KafkaDataset(
                 tf.reshape(spec, [1]), servers=servers, group=group_id, eof=False, timeout=poll_timeout_ms,
