@@ -35,7 +35,7 @@ from stream_trainer.replay import ReplayStore
 from stream_trainer.replay_fetch import restore_store
 from stream_trainer.source import assigned_partitions
 from stream_trainer.step import make_replica_step
-from stream_trainer.workers import Workers, make_workers
+from stream_trainer.workers import Workers, make_workers, scaled_learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         return RunSummary(stopped_by="signal")
     with workers.scope():
         model = build_unet(tcfg.pipeline.image_size, tcfg.model)
-        optimizer = build_optimizer(tcfg.model)
+        optimizer = build_optimizer(scaled_learning_rate(tcfg.model, tcfg.cluster, workers.count))
     store = CheckpointStore(tcfg.checkpoint, model, optimizer, topics.train, workers, tcfg.cluster.scratch_dir)
     restored = store.restore()
     if restored:

@@ -165,6 +165,10 @@ class ClusterConfig:
     peer_timeout_s: float = 60.0
     # Where non-chief workers write the checkpoint copies MultiWorkerMirroredStrategy requires.
     scratch_dir: str = ""
+    # trainer.model.learning_rate is for one worker's batch; N workers step with N times the
+    # batch and fewer steps per image: sqrt multiplies the rate by sqrt(N) (Adam's rule of thumb),
+    # linear by N (SGD's), none keeps it.
+    learning_rate_scaling: str = "sqrt"
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,8 @@ class Settings:
              "must not list a worker twice"),
             (self.trainer.cluster.max_wait_ms >= 0, "trainer.cluster.max_wait_ms", "must be >= 0"),
             (self.trainer.cluster.peer_timeout_s > 0, "trainer.cluster.peer_timeout_s", "must be > 0"),
+            (self.trainer.cluster.learning_rate_scaling in {"sqrt", "linear", "none"},
+             "trainer.cluster.learning_rate_scaling", "must be sqrt, linear or none"),
             (self.trainer.pipeline.image_size >= 2 ** self.trainer.model.depth
              and self.trainer.pipeline.image_size % 2 ** self.trainer.model.depth == 0,
              "trainer.pipeline.image_size", "must be a multiple of 2**trainer.model.depth"),

@@ -16,8 +16,10 @@ after an aborted collective TensorFlow needs a fresh process, so a supervisor re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -29,7 +31,7 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from stream_trainer import metrics
-from stream_trainer.config import ClusterConfig
+from stream_trainer.config import ClusterConfig, ModelConfig
 from stream_trainer.errors import ConfigError, PeerLostError
 from stream_trainer.step import StepFn, input_signature
 
@@ -239,6 +241,15 @@ class MultiWorkers(Workers):
         msg = (f"lost {who}: a collective operation failed ({type(exc).__name__}: {first}); every worker stops, "
                f"restart the whole job (it resumes from the last checkpoint)")
         return PeerLostError(msg)
+
+
+def scaled_learning_rate(model: ModelConfig, cluster: ClusterConfig, workers: int) -> ModelConfig:
+    """The model settings with the learning rate for ``workers`` workers' global batch."""
+    factor = {"sqrt": math.sqrt(workers), "linear": float(workers), "none": 1.0}[cluster.learning_rate_scaling]
+    if factor != 1.0:
+        log.info("learning rate %g x %.2f for %d workers (trainer.cluster.learning_rate_scaling: %s)",
+                 model.learning_rate, factor, workers, cluster.learning_rate_scaling)
+    return dataclasses.replace(model, learning_rate=model.learning_rate * factor)
 
 
 def make_workers(cfg: ClusterConfig) -> Workers:

@@ -221,3 +221,49 @@ def test_a_restart_with_another_worker_count_resumes_every_partition_from_the_ch
         assert previous is not None and sorted(previous.positions) == [0, 1, 2, 3]
     assert not missing_offsets(trained, previous.positions), "skipped offsets"
     assert sum(n - 1 for n in trained.values()) == 0, "a clean stop and restart duplicates nothing"
+
+
+def _eval_iou(export_dir: Path, rig: Rig) -> float:
+    """Mean IoU of the newest export on the job's eval topic."""
+    import keras
+
+    from stream_trainer.config import KafkaConfig
+    from stream_trainer.evaluate import confusion, read_eval_messages, scores
+    from stream_trainer.kafka import Cluster
+    from stream_trainer.pipeline import decode_values
+
+    cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
+    try:
+        messages = read_eval_messages(cluster, f"{rig.topic}-eval", 1000, 5)
+    finally:
+        cluster.close()
+    model = keras.models.load_model(export_dir / "latest" / "model.keras")
+    cm, n = confusion(model, [{"image": b["image"], "mask": b["mask"]}
+                              for b in decode_values([m.value for m in messages], 32, 32)])
+    assert n == len(messages) >= 40
+    return scores(cm)[0]
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_two_workers_learn_as_well_as_one_from_the_same_images(job: Rig) -> None:
+    images = 640
+    producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=images,
+                        producer__source__eval_fraction=0.1, producer__send_eval=True)
+    assert producer.proc.wait(180) == 0, job.logs()
+    total = sum(log_ends(job.bootstrap, job.topic).values())
+    ious = {}
+    for count in (1, 2):
+        run = f"w{count}"
+        workers = _workers(job, count, run, trainer__replay__size_mib=0, trainer__source__group_id=f"{job.group}-{run}",
+                           trainer__checkpoint__dir=str(job.tmp / run / "ckpt"),
+                           trainer__checkpoint__export_dir=str(job.tmp / run / "export"),
+                           trainer__model__base_filters=8, trainer__model__learning_rate=0.003)
+        logs = [log for _, log, _ in workers]
+        job.wait_until(lambda logs=logs: sum(len(read_trained(log)) for log in logs) >= total, 300,
+                       f"{count} worker(s) to train all {total} images", alive=tuple(p for p, _, _ in workers))
+        for program, _, _ in workers:
+            assert program.stop() == 0, job.logs()
+        ious[count] = _eval_iou(job.tmp / run / "export", job)
+    print(f"eval mean IoU after {total} images: 1 worker {ious[1]:.3f}, 2 workers {ious[2]:.3f}")
+    assert abs(ious[2] - ious[1]) <= 0.05, ious
