@@ -76,13 +76,14 @@ def main(seconds: float, workdir: Path) -> int:
     t = settings.trainer
     first, last = (summary.evals[0], summary.evals[-1]) if summary.evals else (None, None)
     print("\n=== stream-trainer demo ===")
-    print(f"trained steps {summary.start_step} -> {summary.step} ({summary.images} images), "
+    print(f"trained steps {summary.start_step} -> {summary.step} ({summary.images} fresh images, "
+          f"{summary.replayed} replayed), "
           f"{summary.checkpoints} checkpoints, stopped by {summary.stopped_by}")
     if first and last:
         print(f"eval mean IoU {first.mean_iou:.3f} (step {first.step}) -> {last.mean_iou:.3f} (step {last.step}); "
               f"pixel accuracy {first.pixel_accuracy:.3f} -> {last.pixel_accuracy:.3f}")
     print(f"checkpoints (weights + optimizer + offsets): {Path(t.checkpoint.dir).resolve()}")
-    print(f"exported model:                              {Path(t.checkpoint.export_dir, 'model.keras').resolve()}")
+    print(f"exported model (TF Serving layout):          {Path(t.checkpoint.export_dir, 'latest').resolve()}")
     print(f"eval snapshots (image | truth | prediction): {Path(t.loop.snapshot_dir).resolve()}")
     print(f"metrics were served at http://127.0.0.1:{t.metrics.port}/metrics during the run")
     learned = bool(first and last and last.mean_iou > first.mean_iou + 0.05)
