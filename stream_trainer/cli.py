@@ -162,13 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo")
     demo.set_defaults(func=_cmd_demo)
 
-    bench = sub.add_parser("bench", help="measure the pipeline against its limits; writes JSON and PNG")
-    bench.add_argument("--config", default=None)
-    bench.add_argument("--bootstrap", default=_env("BOOTSTRAP"))
-    bench.add_argument("--out", default="bench-results")
-    bench.add_argument("--messages", type=int, default=None)
-    bench.add_argument("--repeats", type=int, default=None)
-    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks the command runs")
+    bench = sub.add_parser("bench", help="measure the trainer on a real broker; writes JSON, PNG and markdown")
+    from stream_trainer.workbench.bench.arguments import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
 
     soak = sub.add_parser("soak", help="producer + trainer for a long time; plots RSS over time")

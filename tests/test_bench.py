@@ -1,99 +1,305 @@
-"""``stream-trainer bench --quick`` runs end to end against the session broker.
+"""``stream-trainer bench`` runs end to end against the session broker, and its report logic is right.
 
-A benchmark is not a test: this only proves the command works and writes complete outputs.
-The numbers themselves live in docs/benchmarks.md, from a full run.
+A benchmark is not a test: the end-to-end tests only prove that every scenario's ``--quick``
+variant runs and writes complete outputs; the numbers live in docs/benchmarks.md, from full
+runs. The report logic (windows, ratios, targets, metric parsing) is tested on fabricated data.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from stream_trainer.errors import ConfigError
 from stream_trainer.workbench.bench import config as bench_config
+from stream_trainer.workbench.bench import scenario_of
+from stream_trainer.workbench.bench.arguments import workers_list
+from stream_trainer.workbench.bench.learning import plateaued
+from stream_trainer.workbench.bench.learning import targets as learning_targets
+from stream_trainer.workbench.bench.scaleout import efficiency
+from stream_trainer.workbench.bench.scrape import job_rates, parse_metrics
+from stream_trainer.workbench.bench.throughput import round_ratios
+from stream_trainer.workbench.bench.throughput import targets as throughput_targets
 from stream_trainer.workbench.bench.timing import BenchError, Timeline
 from stream_trainer.workbench.bench.workload import stops_for
-from stream_trainer.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENDERS = ["raw_consume", "tfio_source", "pipeline", "in_memory", "naive", "tfio_tutorial",
-              "training_live", "training_memory", "freshness"]
+DECODERS = ["floor_memory", "pipeline_memory", "floor_live", "pipeline_live"]
 
 
-@pytest.mark.timeout(120)
-def test_quick_bench_writes_json_png_and_markdown_with_every_contender(kafka_bootstrap: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP", "STREAM_TRAINER_BOOTSTRAP"}}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream_trainer.cli", "bench", "--quick", "--bootstrap", kafka_bootstrap,
-         "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+class QuickRun:
+    """One ``--quick`` bench in a child process (as users run it); its outputs once it has ended."""
 
-    results = json.loads((tmp_path / "results.json").read_text())
-    c = results["contenders"]
-    assert sorted(c) == sorted(CONTENDERS)
-    for key in CONTENDERS[:6]:
-        assert c[key]["median"] > 0 and all(r > 0 for r in c[key]["runs"]), key
-    for key in ("raw_consume", "tfio_source"):
-        assert c[key]["mb_per_s"]["median"] > 0
+    def __init__(self, bootstrap: str, out: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP", "STREAM_TRAINER_BOOTSTRAP"}}
+        env["PYTHONPATH"] = str(ROOT)
+        cmd = [sys.executable, "-m", "stream_trainer.cli", "bench", "--quick",
+               "--bootstrap", bootstrap, "--out", str(out), *args]
+        self.out = out
+        self.log = out / "bench.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def result(self, timeout_s: float = 190) -> dict[str, Any]:
+        """Wait for the run; check it wrote complete outputs; return its JSON."""
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        output = self.log.read_text(errors="replace")
+        assert code == 0, output[-3000:]
+        (json_path,) = self.out.glob("*.json")  # one scenario per run
+        results = json.loads(json_path.read_text())
+        png = json_path.with_suffix(".png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+        table = json_path.with_suffix(".md").read_text()
+        assert table in output and "--quick" in results["command"]
+        assert results["machine"]["device"] and len(results["load_average_after"]) == 3
+        return results
+
+
+# -- every scenario runs -------------------------------------------------------------------------
+@pytest.mark.timeout(200)
+def test_quick_throughput_bench_measures_every_contender_at_every_partition_count(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    results = QuickRun(kafka_bootstrap, tmp_path).result()
+    c, counts = results["contenders"], ["1", "2"]
+    for key in ["raw_consume", "tfio_source", *DECODERS]:
+        for n in counts:
+            r = c[key]["by_partitions"][n]
+            assert r["median"] > 0 and all(x > 0 for x in r["runs"]), (key, n)
+            assert r["cpu_ms_per_item"]["median"] > 0, (key, n)
     for key in ("training_live", "training_memory"):
         assert c[key]["median"] > 0 and c[key]["images_per_s"]["median"] > 0
-        assert c[key]["mean_input_wait_ms"]["median"] >= 0
     fresh = c["freshness"]
     assert 0 < fresh["p50_s"] <= fresh["p95_s"] <= fresh["p99_s"] <= fresh["max_s"]
-    assert fresh["counted"] == len(fresh["latencies_s"]) > 0
-    assert [t["name"] for t in results["targets"]] and all(isinstance(t["met"], bool) for t in results["targets"])
-    assert results["machine"]["nproc"] >= 1 and len(results["load_average_after"]) == 3
-    assert results["memory"]["trainer_peak_rss_mib"] > 0 and results["memory"]["daemon"]["peak_rss_mib"] > 0
-    assert "--quick" in results["command"]
-
-    png = (tmp_path / "results.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
-    table = (tmp_path / "results.md").read_text()
-    assert table in proc.stdout
-    for title in (c[k]["title"] for k in CONTENDERS):
-        assert title in table
-    assert "| target | measured | required | met |" in table
+    assert fresh["counted"] == len(fresh["latencies_s"]) > 0 and fresh["shuffle_buffer"] == 0
+    assert fresh["replay"]["members_at_end"] > 0  # the default config replays
+    assert set(results["precision"]["accuracy"]) >= {"float32", "mixed_bfloat16"}
+    names = [t["name"] for t in results["targets"]]
+    assert any("1-partition / 2-partition" in n for n in names) and any("bf16" in n for n in names)
+    assert all(t["met"] is None if t["op"] == "report" else isinstance(t["met"], bool) for t in results["targets"])
 
 
+@pytest.mark.timeout(200)
+def test_quick_learning_bench_trains_the_same_images_with_and_without_replay(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    results = QuickRun(kafka_bootstrap, tmp_path, "--scenario", "learning").result()
+    plain, replay = results["runs"]["without_replay"], results["runs"]["with_replay"]
+    assert plain["a_images"] == replay["a_images"] > 0 and plain["b_images"] == replay["b_images"] > 0
+    assert plain["replayed"] == 0 < replay["replayed"]
+    for run in (plain, replay):
+        assert run["evals"][0]["phase"] == "a" and run["evals"][-1]["phase"] == "b"
+        assert all(0 <= e["a"] <= 1 and 0 <= e["b"] <= 1 for e in run["evals"])
+    assert results["cost"]["ratio"]["median"] > 0 and results["cost"]["store_bytes"] > 0
+    assert len(results["targets"]) == 6
+
+
+@pytest.mark.timeout(200)
+def test_quick_scaleout_bench_measures_both_jobs_and_leaves_no_worker_running(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    results = QuickRun(kafka_bootstrap, tmp_path, "--workers", "1,2").result()
+    one, two = results["jobs"]["1"], results["jobs"]["2"]
+    assert two["threads_per_worker"] == max(1, one["threads_per_worker"] // 2)  # each its share of the cores
+    for job in (one, two):
+        assert job["fresh_images_per_s"] > 0 and job["steps_per_s"] > 0 and all(m > 0 for m in job["peak_rss_mib"])
+    assert one["collective_s_per_step"] == 0 < two["collective_s_per_step"]
+    assert [w["worker"] for w in two["per_worker"]] == ["0", "1"]
+    assert set(results["efficiency"]) == {"2"}
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_bench_worker(p)]
+    assert not leftovers
+
+
+def _is_bench_worker(proc: Path) -> bool:
+    try:
+        return b"stream-trainer-bench-scaleout-" in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+# -- windows and rates ---------------------------------------------------------------------------
 def test_round_robin_stops_split_the_first_messages_exactly() -> None:
     assert stops_for(10, 4) == {0: 3, 1: 3, 2: 2, 3: 2}
     assert sum(stops_for(3001, 4).values()) == 3001
     assert stops_for(2, 4) == {0: 1, 1: 1, 2: 0, 3: 0}
 
 
-def test_rate_skips_the_head_and_tail_of_a_timeline() -> None:
+def _timeline(stamps: list[tuple[float, int]]) -> Timeline:
     tl = Timeline()
-    for i in range(11):
-        tl.times.append(float(i))
-        tl.items.append(10 * i)
-        tl.nbytes.append(1000 * i)
+    for i, (t, items) in enumerate(stamps):
+        tl.times.append(t)
+        tl.cpu.append(2 * t)  # two cores busy
+        tl.items.append(items)
+        tl.nbytes.append(1000 * items)
+        assert i == 0 or items >= tl.items[i - 1]
+    return tl
+
+
+def test_rate_skips_the_head_and_tail_of_a_timeline_and_reports_cpu_per_item() -> None:
+    tl = _timeline([(float(i), 10 * i) for i in range(11)])
     # head 20 -> starts at t=2; tail 30 -> ends at the last stamp <= 70 items, t=7.
     rate = tl.rate(head=20, tail=30)
-    assert (rate.items, rate.seconds, rate.items_per_s, rate.bytes_per_s) == (50, 5.0, 10.0, 1000.0)
-    with pytest.raises(BenchError, match="raise bench.messages"):
+    assert (rate.items, rate.seconds, rate.items_per_s, rate.bytes_per_s) == (50, 5.0, 10.0, 10000.0)
+    assert rate.cpu_s_per_item == pytest.approx(0.2)
+    with pytest.raises(BenchError, match=r"raise bench\.messages"):
         tl.rate(head=90, tail=30)
+
+
+def test_window_edges_move_to_the_end_of_a_burst_so_a_burst_is_never_split() -> None:
+    # Groups of 64 rows every second, handed over as 4 batches of 16 within 30 microseconds.
+    stamps = [(g + b * 1e-5, 64 * g + 16 * (b + 1)) for g in range(10) for b in range(4)]
+    tl = _timeline(stamps)
+    rate = tl.rate(head=70, tail=40)  # both edges fall inside a burst: 80 rows and 592 rows
+    # From the end of group 1 (128 rows) to the end of group 9 (640 rows): 8 groups in 8 seconds.
+    assert rate.items == 512 and rate.items_per_s == pytest.approx(64.0, rel=1e-4)
+    unaligned = (592 - 80) / 8.0  # what the edges inside the bursts would have said
+    assert unaligned == 64.0 and tl.rate(head=128, tail=48).items == 512
+
+
+def test_ratios_pair_the_runs_of_each_round() -> None:
+    def rate(items_per_s: float, cpu_ms: float = 1.0) -> SimpleNamespace:
+        return SimpleNamespace(items_per_s=items_per_s, cpu_s_per_item=cpu_ms / 1000)
+
+    runs = {"floor_memory": {1: [rate(100.0), rate(50.0, 2.0)], 4: [rate(100.0), rate(100.0)]},
+            "pipeline_memory": {1: [rate(90.0, 1.25), rate(50.0, 2.0)], 4: [rate(100.0), rate(80.0)]},
+            "floor_live": {1: [rate(10.0)] * 2, 4: [rate(10.0)] * 2},
+            "pipeline_live": {1: [rate(10.0)] * 2, 4: [rate(20.0)] * 2}}
+    ratios = round_ratios(runs, [1, 4], 4, [1.0, 2.0], [2.0, 2.0])
+    assert ratios["pipeline_memory/floor_memory"]["1"] == {"median": 0.95, "rounds": [0.9, 1.0]}
+    # Round 1: the pipeline needed 1.25 CPU ms per image against the floor's 1.0: 0.8 per CPU second.
+    assert ratios["pipeline_memory/floor_memory per CPU s"]["1"] == {"median": 0.9, "rounds": [0.8, 1.0]}
+    assert ratios["pipeline_memory 1p/4p"]["rounds"] == [0.9, 0.625]
+    assert ratios["pipeline_live 1p/4p"]["median"] == 0.5
+    assert ratios["training live/memory"]["median"] == 0.75
+
+
+def test_throughput_targets_judge_each_floor_ratio_and_only_report_precision() -> None:
+    ratios = {"pipeline_memory/floor_memory": {"1": {"median": 0.95}, "4": {"median": 0.9}},
+              "pipeline_memory/floor_memory per CPU s": {"1": {"median": 0.97}, "4": {"median": 0.93}},
+              "pipeline_live/floor_live": {"1": {"median": 1.2}, "4": {"median": 0.96}},
+              "pipeline_live 1p/4p": {"median": 0.97}, "pipeline_memory 1p/4p": {"median": 0.5},
+              "training live/memory": {"median": 0.99}}
+    contenders = {"freshness": {"p99_s": 2.0}}
+    precision = {"speed": {"float32": {"vs_float32_median": 1.0}, "mixed_bfloat16": {"vs_float32_median": 1.8}},
+                 "accuracy": {"float32": {"mean_iou_median": 0.7}, "mixed_bfloat16": {"mean_iou_median": 0.69}}}
+    rows = {t["name"]: t for t in throughput_targets(ratios, contenders, precision, [1, 4], 4)}
+    assert rows["our pipeline / plain map floor, from memory, 1 partition"]["met"] is True  # >= is inclusive
+    assert rows["our pipeline / plain map floor, from memory, 4 partitions"]["met"] is False
+    assert rows["our pipeline / plain map floor, from memory, 4 partitions"]["per_cpu_s"] == 0.93
+    assert "per_cpu_s" not in rows["our pipeline / plain map floor, live, 1 partition"]
+    assert rows["our pipeline live: 1-partition / 4-partition rate"]["met"] is True
+    assert rows["our pipeline memory: 1-partition / 4-partition rate"]["met"] is False
+    assert rows["freshness p99 (s) at 50% load, default config"]["met"] is False  # < 2 s is strict
+    assert rows["bf16 / fp32 training step rate"] == {
+        "name": "bf16 / fp32 training step rate", "measured": 1.8, "op": "report", "required": None, "met": None}
+    assert rows["mean IoU after the same images, mixed_bfloat16"]["measured"] == 0.69
+
+
+# -- learning ------------------------------------------------------------------------------------
+def test_a_phase_has_plateaued_when_patience_evaluations_gain_less_than_min_delta() -> None:
+    assert not plateaued([0.1, 0.3, 0.5], patience=2, min_delta=0.01)
+    assert not plateaued([0.1, 0.5, 0.505, 0.52], patience=2, min_delta=0.01)  # 0.52 beats 0.5 by 0.02
+    assert plateaued([0.1, 0.5, 0.505, 0.49], patience=2, min_delta=0.01)
+    assert not plateaued([0.5, 0.4], patience=2, min_delta=0.01)  # too few evaluations to tell
+
+
+def test_learning_targets_compare_forgetting_with_the_peak_and_b_with_the_plain_run() -> None:
+    runs = {"with_replay": {"a_peak": 0.80, "a_after_b": 0.76, "b_after_b": 0.57, "rss_growth_mib": 1.5},
+            "without_replay": {"a_peak": 0.80, "a_after_b": 0.40, "b_after_b": 0.60}}
+    cost = {"ratio": {"median": 0.94}, "store_bytes": 64 * 2**20}
+    rows = {t["name"]: t for t in learning_targets(runs, cost)}
+    forgetting = rows["with replay: IoU on A after B - peak IoU on A"]
+    assert forgetting["measured"] == pytest.approx(-0.04) and forgetting["met"] is True
+    assert rows["IoU on B after B: with replay / without"]["measured"] == pytest.approx(0.95)
+    assert rows["IoU on B after B: with replay / without"]["met"] is True
+    assert rows["step rate with replay / without, same batch size"]["met"] is False
+    assert rows["without replay: IoU on A after B - peak IoU on A"]["met"] is None
+    assert rows["replay store bytes allocated (MiB)"]["measured"] == 64
+
+
+# -- scale-out -----------------------------------------------------------------------------------
+_METRICS = """# TYPE stream_trainer_images_trained_total counter
+stream_trainer_images_trained_total{{worker="{w}"}} {images}
+# TYPE stream_trainer_images_replayed_total counter
+stream_trainer_images_replayed_total{{worker="{w}"}} {replayed}
+# TYPE stream_trainer_steps_total counter
+stream_trainer_steps_total{{worker="{w}"}} {steps}
+# TYPE stream_trainer_collective_seconds histogram
+stream_trainer_collective_seconds_bucket{{le="0.01",worker="{w}"}} {votes}
+stream_trainer_collective_seconds_bucket{{le="+Inf",worker="{w}"}} {votes}
+stream_trainer_collective_seconds_sum{{worker="{w}"}} {vote_s}
+stream_trainer_collective_seconds_count{{worker="{w}"}} {votes}
+# TYPE stream_trainer_step_duration_seconds histogram
+stream_trainer_step_duration_seconds_bucket{{le="+Inf",worker="{w}"}} {steps}
+stream_trainer_step_duration_seconds_sum{{worker="{w}"}} {step_s}
+stream_trainer_step_duration_seconds_count{{worker="{w}"}} {steps}
+"""
+
+
+def _sample(w: str, images: int, replayed: int, steps: int, votes: int, vote_s: float, step_s: float) -> Any:
+    return parse_metrics(_METRICS.format(w=w, images=images, replayed=replayed, steps=steps, votes=votes,
+                                         vote_s=vote_s, step_s=step_s))
+
+
+def test_job_rates_add_workers_images_and_average_their_vote_time() -> None:
+    before = [_sample("0", 100, 30, 10, 12, 0.1, 5.0), _sample("1", 90, 30, 10, 12, 0.3, 5.0)]
+    after = [_sample("0", 220, 70, 20, 22, 0.2, 10.0), _sample("1", 210, 70, 20, 22, 0.5, 11.0)]
+    assert after[1].worker == "1" and after[1].collective_count == 22
+    r = job_rates(before, after, 10.0)
+    assert r["fresh_images_per_s"] == pytest.approx(24.0) and r["replayed_rows_per_s"] == pytest.approx(8.0)
+    assert r["rows_per_s"] == pytest.approx(32.0) and r["steps_per_s"] == pytest.approx(1.0)
+    # Worker 0 voted 0.1 s, worker 1 0.2 s over 10 steps: 15 ms per step on average; 10 votes each.
+    assert r["collective_s_per_step"] == pytest.approx(0.015) and r["collective_s_per_vote"] == pytest.approx(0.015)
+    assert r["step_s_mean"] == pytest.approx(0.55)
+
+
+def test_a_worker_alone_never_votes_and_efficiency_compares_with_n_times_one_worker() -> None:
+    r = job_rates([_sample("0", 0, 0, 0, 0, 0.0, 0.0)], [_sample("0", 50, 10, 5, 0, 0.0, 1.0)], 5.0)
+    assert r["collective_s_per_step"] == 0.0 and r["fresh_images_per_s"] == 10.0
+    assert efficiency({"1": {"fresh_images_per_s": 10.0}, "2": {"fresh_images_per_s": 15.0},
+                       "4": {"fresh_images_per_s": 20.0}}) == {"2": 0.75, "4": 0.5}
+    assert efficiency({"2": {"fresh_images_per_s": 15.0}}) == {}
+
+
+# -- flags and config ----------------------------------------------------------------------------
+def test_workers_flag_selects_scale_out_and_takes_distinct_counts() -> None:
+    assert workers_list("1,2") == [1, 2]
+    for bad in ("0,1", "1,1", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            workers_list(bad)
+    assert scenario_of(argparse.Namespace(workers=[1, 2], scenario="learning")) == "scaleout"
+    assert scenario_of(argparse.Namespace(workers=None, scenario="learning")) == "learning"
+    assert scenario_of(argparse.Namespace(workers=None, scenario=None)) == "throughput"
 
 
 def test_bench_config_rejects_messages_too_few_for_the_timed_window(tmp_path: Path) -> None:
     path = tmp_path / "bench.yaml"
-    path.write_text("bench:\n  messages: 100\ntrainer:\n  pipeline:\n    shuffle_buffer: 256\n")
-    with pytest.raises(ConfigError, match="bench.messages"):
+    path.write_text("bench:\n  messages: 100\n  warmup_messages: 90\n")
+    with pytest.raises(ConfigError, match=r"bench\.messages"):
+        bench_config.load(path)
+    path.write_text("bench:\n  partitions: 3\n")
+    with pytest.raises(ConfigError, match=r"bench\.partitions' must be one of bench\.partition_counts"):
         bench_config.load(path)
     path.write_text("bench:\n  mesages: 100\n")
-    with pytest.raises(ConfigError, match="unknown config key 'bench.mesages'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'bench\.mesages'"):
         bench_config.load(path)
 
 
-def test_shipped_bench_config_loads_and_quick_shrinks_it() -> None:
-    settings, bench = bench_config.load(ROOT / "configs" / "bench.yaml")
-    assert bench.messages == 3000 and settings.trainer.pipeline.image_size == 128
-    settings, bench = bench_config.load(ROOT / "configs" / "bench.yaml", quick=True,
+@pytest.mark.parametrize("name", ["bench.yaml", "bench-gpu.yaml"])
+def test_shipped_bench_configs_load_and_quick_shrinks_them(name: str) -> None:
+    settings, bench = bench_config.load(ROOT / "configs" / name)
+    assert bench.partition_counts == [1, 4, 16] and settings.trainer.pipeline.shuffle_buffer == 0
+    assert [p.name for p in bench.learning.phases] == ["a", "b"]
+    settings, bench = bench_config.load(ROOT / "configs" / name, quick=True,
                                         overrides={"bench.repeats": 2, "kafka.bootstrap_servers": "h:1"})
-    assert bench.messages == 60 and bench.repeats == 2 and settings.kafka.bootstrap_servers == "h:1"
-    assert settings.trainer.pipeline.image_size == 64
+    assert bench.messages == 64 and bench.repeats == 2 and settings.kafka.bootstrap_servers == "h:1"
+    assert settings.trainer.pipeline.image_size == 32

@@ -10,6 +10,7 @@ npm); where one is missing the test fails, saying how to install it, and never s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -40,9 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKER_CONFIG = ROOT / "configs" / "docker.yaml"
+SCALE_OUT_CONFIG = ROOT / "configs" / "docker-scale-out.yaml"
+SCALE_OUT_PROFILE = "scale-out"
 PROMETHEUS_DIR = ROOT / "configs" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERT_TESTS = PROMETHEUS_DIR / "alerts.test.yml"
 GRAFANA_DIR = ROOT / "configs" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -59,7 +63,7 @@ PRODUCER_JOB = "pet-producer"
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
                         "scrape_samples_post_metric_relabeling", "scrape_series_added"}
 # Labels a metric may carry: bounded sets only, never offsets, ids or keys.
-ALLOWED_LABELS = {"topic", "partition", "reason"}
+ALLOWED_LABELS = {"topic", "partition", "reason", "part", "outcome", "worker"}
 # Grafana's interval variables, as Grafana would expand them for a short time range.
 GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__range_s": "300"}
 
@@ -297,11 +301,33 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:
     assert re.search(r'^CMD \["stream-trainer", "run"', dockerfile, re.M)
 
 
+def _services_running(compose: dict[str, Any], program: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, service) for name, service in compose["services"].items()
+            if (service.get("command") or [None])[0] == program]
+
+
 def _service_running(compose: dict[str, Any], program: str) -> tuple[str, dict[str, Any]]:
-    for name, service in compose["services"].items():
-        if service.get("command", [None])[0] == program:
+    """The service of the default stack (no profile) that runs ``program``."""
+    for name, service in _services_running(compose, program):
+        if not service.get("profiles"):
             return name, service
-    pytest.fail(f"no compose service runs {program}")
+    pytest.fail(f"no compose service outside a profile runs {program}")
+
+
+def _config_of(service: dict[str, Any]) -> Path:
+    """The repository config file that a service's ``--config`` names (via its mounts or the image)."""
+    command = service["command"]
+    host = _host_path(service, command[command.index("--config") + 1])
+    assert host is not None, f"{command} names a config that comes from neither the image nor a bind mount"
+    return host
+
+
+def _assert_state_on_named_volumes(name: str, service: dict[str, Any], settings: config.Settings) -> None:
+    named = {target for kind, _, target in _volume_mounts(service) if kind == "volume"}
+    for key, path in [("trainer.checkpoint.dir", settings.trainer.checkpoint.dir),
+                      ("trainer.checkpoint.export_dir", settings.trainer.checkpoint.export_dir),
+                      ("trainer.loop.snapshot_dir", settings.trainer.loop.snapshot_dir)]:
+        assert path in named, f"{name}: {key}={path} is not on a named volume, so `docker compose down` would lose it"
 
 
 def test_compose_programs_use_the_docker_config_which_loads() -> None:
@@ -321,12 +347,46 @@ def test_compose_programs_use_the_docker_config_which_loads() -> None:
     # Prometheus scrapes from another container: the endpoints must listen on every interface.
     assert settings.trainer.metrics.host == settings.producer.metrics.host == "0.0.0.0"
 
-    _, trainer = _service_running(compose, "stream-trainer")
-    named = {target for kind, _, target in _volume_mounts(trainer) if kind == "volume"}
-    for key, path in [("trainer.checkpoint.dir", settings.trainer.checkpoint.dir),
-                      ("trainer.checkpoint.export_dir", settings.trainer.checkpoint.export_dir),
-                      ("trainer.loop.snapshot_dir", settings.trainer.loop.snapshot_dir)]:
-        assert path in named, f"{key}={path} is not on a named volume, so `docker compose down` would lose it"
+    name, trainer = _service_running(compose, "stream-trainer")
+    _assert_state_on_named_volumes(name, trainer, settings)
+    assert not settings.trainer.cluster.workers, "the default stack's trainer trains alone"
+
+
+def test_compose_scale_out_profile_runs_every_worker_of_its_config() -> None:
+    compose = _compose()
+    workers = [(name, service) for name, service in _services_running(compose, "stream-trainer")
+               if SCALE_OUT_PROFILE in service.get("profiles", [])]
+    assert workers, f"no compose service of profile {SCALE_OUT_PROFILE!r} runs stream-trainer"
+    scaled = config.load(SCALE_OUT_CONFIG)
+    listed = scaled.trainer.cluster.workers
+    hosts = [address.rpartition(":")[0] for address in listed]
+    assert sorted(hosts) == sorted(name for name, _ in workers), (
+        f"trainer.cluster.workers {listed} must name exactly the profile's services {[n for n, _ in workers]}")
+    for name, service in workers:
+        assert _config_of(service) == SCALE_OUT_CONFIG, name
+        raw_index = service.get("environment", {}).get("STREAM_TRAINER_WORKER_INDEX")
+        assert raw_index is not None, f"{name} does not set STREAM_TRAINER_WORKER_INDEX"
+        index = int(raw_index)
+        assert hosts[index] == name, (
+            f"{name} has index {index}, but trainer.cluster.workers[{index}] is {listed[index]}")
+        # The CLI turns STREAM_TRAINER_WORKER_INDEX into this override (cli.py); it must validate.
+        settings = config.load(SCALE_OUT_CONFIG, {"trainer.cluster.index": index})
+        assert settings.trainer.cluster.index == index
+        assert service.get("restart") == "on-failure", (
+            f"{name}: a lost worker makes every worker exit non-zero; restart: on-failure brings the job back")
+        assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully", name
+        if index == 0:
+            _assert_state_on_named_volumes(name, service, settings)
+    assert scaled.topics.partitions >= len(listed), "every worker needs at least one partition"
+    host_ports = [p.split(":")[0] for _, service in compose["services"].items() for p in service.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports)), f"host ports repeat: {host_ports}"
+
+    # The same job as the single trainer, in two processes: same topics, group, checkpoint and
+    # metrics port, so a job moves between one worker and two on the same checkpoint.
+    single = config.load(DOCKER_CONFIG)
+    assert dataclasses.replace(scaled, trainer=dataclasses.replace(
+        scaled.trainer, cluster=single.trainer.cluster)) == single, (
+        "configs/docker-scale-out.yaml must equal configs/docker.yaml except trainer.cluster")
 
 
 def test_compose_creates_the_topics_the_docker_config_names() -> None:
@@ -338,8 +398,9 @@ def test_compose_creates_the_topics_the_docker_config_names() -> None:
     t = settings.topics
     assert created == {t.train: str(t.partitions), t.eval: "1", t.dead_letter: "1"}
     for program in ("pet-producer", "stream-trainer"):
-        _, service = _service_running(_compose(), program)
-        assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+        for name, service in _services_running(_compose(), program):
+            assert service["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully", name
+            assert config.load(_config_of(service)).topics == t, f"{name} uses other topics than kafka-init creates"
 
 
 # --- Prometheus and Grafana files ---------------------------------------------------------------------------
@@ -352,19 +413,55 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert _load_yaml(PROMETHEUS_CONFIG)["rule_files"] == [ALERTS.name]
 
 
-def _scrape_targets() -> dict[str, list[str]]:
-    return {job["job_name"]: [t for sc in job.get("static_configs", []) for t in sc["targets"]]
-            for job in _load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+# Alerts whose expressions hold a judgement (a margin, a first-sample trap, a job shape): each has
+# unit tests in alerts.test.yml, at least one case where it fires and one where it must not.
+UNIT_TESTED_ALERTS = {"StreamTrainerForgetting", "StreamTrainerDeadLetterBacklog", "StreamTrainerMessagesLost",
+                      "StreamTrainerWorkerIdle"}
 
 
-def test_prometheus_scrapes_the_ports_the_docker_config_sets() -> None:
-    settings = config.load(DOCKER_CONFIG)
+def test_alert_rules_pass_their_unit_tests() -> None:
+    promtool = _tool("promtool")
+    cases = _load_yaml(ALERT_TESTS)
+    assert cases["rule_files"] == [ALERTS.name]
+    fires, silent = set(), set()
+    for group in cases["tests"]:
+        for case in group.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else silent).add(case["alertname"])
+    assert {name for name, _ in alert_rules()} >= UNIT_TESTED_ALERTS
+    assert fires >= UNIT_TESTED_ALERTS, f"no case where {sorted(UNIT_TESTED_ALERTS - fires)} fires"
+    assert silent >= UNIT_TESTED_ALERTS, f"no case where {sorted(UNIT_TESTED_ALERTS - silent)} stays silent"
+    proc = subprocess.run([promtool, "test", "rules", ALERT_TESTS.name], capture_output=True, text=True,
+                          timeout=120, cwd=PROMETHEUS_DIR)
+    assert proc.returncode == 0, f"promtool test rules {ALERT_TESTS.name}:\n{proc.stdout}{proc.stderr}"
+
+
+def _scrape_job(name: str) -> dict[str, Any]:
+    (job,) = [job for job in _load_yaml(PROMETHEUS_CONFIG)["scrape_configs"] if job["job_name"] == name]
+    return job  # type: ignore[no-any-return]
+
+
+def _static_targets(job: dict[str, Any]) -> list[str]:
+    return [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+
+
+def _dns_targets(job: dict[str, Any]) -> list[str]:
+    """host:port of every name the job discovers by DNS (A records: the port is the config's)."""
+    return [f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for name in sd["names"]]
+
+
+def test_prometheus_scrapes_the_ports_the_docker_configs_set() -> None:
     compose = _compose()
-    targets = _scrape_targets()
-    trainer, _ = _service_running(compose, "stream-trainer")
-    producer, _ = _service_running(compose, "pet-producer")
-    assert targets[TRAINER_JOB] == [f"{trainer}:{settings.trainer.metrics.port}"]
-    assert targets[PRODUCER_JOB] == [f"{producer}:{settings.producer.metrics.port}"]
+    # Every compose service that runs the trainer, in the default stack or a profile, is found
+    # by DNS at its config's metrics port; nothing else is.
+    trainers = sorted(f"{name}:{config.load(_config_of(service)).trainer.metrics.port}"
+                      for name, service in _services_running(compose, "stream-trainer"))
+    trainer_job = _scrape_job(TRAINER_JOB)
+    assert sorted(_dns_targets(trainer_job)) == trainers
+    assert not _static_targets(trainer_job), "a static trainer target of the variant not running is always down"
+    assert all(sd["type"] == "A" for sd in trainer_job["dns_sd_configs"])
+    producers = [f"{name}:{config.load(_config_of(service)).producer.metrics.port}"
+                 for name, service in _services_running(compose, "pet-producer")]
+    assert _static_targets(_scrape_job(PRODUCER_JOB)) == producers
     prometheus = compose["services"]["prometheus"]
     assert _host_path(prometheus, "/etc/prometheus/prometheus.yml") == PROMETHEUS_CONFIG
     assert _host_path(prometheus, "/etc/prometheus/alerts.yml") == ALERTS
@@ -428,21 +525,89 @@ def test_metric_labels_are_bounded() -> None:
         assert set(labels) <= ALLOWED_LABELS, f"{name} has labels {labels}; only {sorted(ALLOWED_LABELS)} are bounded"
 
 
-def test_metric_catalogue_documents_every_metric_and_every_query_name() -> None:
-    rows = {}
+@dataclasses.dataclass(frozen=True)
+class CatalogueRow:
+    section: str  # the "## " heading of docs/metrics.md it is listed under
+    kind: str
+    labels: frozenset[str]
+    meaning: str
+
+
+METRIC_TABLE_HEADER = ["metric", "type", "unit", "labels", "meaning"]
+# Where docs/metrics.md lists each program's metrics: (name prefixes, the section heading's start).
+CATALOGUE_SECTIONS = [(("stream_trainer_",), "Trainer"), (("pet_producer_",), "Producer"),
+                      (("process_", "python_"), "Process metrics")]
+
+
+def _doc_tables() -> Iterator[tuple[str, list[str], list[str]]]:
+    """(section heading, table header, cells) of every table row in docs/metrics.md."""
+    section, header = "", None
     for line in METRICS_DOC.read_text().splitlines():
-        m = re.match(r"\|\s*`([a-z_:]+)`\s*\|\s*(\w+)\s*\|[^|]*\|\s*([^|]*)\|", line)
-        if m:
-            rows[m.group(1)] = (m.group(2), tuple(re.findall(r"`(\w+)`", m.group(3))))
+        if line.startswith("## "):
+            section = line[3:].strip()
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif set("".join(cells)) - set("-: "):  # not the |---| line
+            yield section, header, cells
+
+
+def metric_catalogue() -> dict[str, CatalogueRow]:
+    """Every row of the metric tables (header ``METRIC_TABLE_HEADER``) in docs/metrics.md."""
+    rows: dict[str, CatalogueRow] = {}
+    for section, header, cells in _doc_tables():
+        if header != METRIC_TABLE_HEADER:
+            continue
+        m = re.fullmatch(r"`([a-zA-Z_:][\w:]*)`", cells[0])
+        assert m, f"docs/metrics.md, {section}: {cells[0]!r} is not a metric name in backticks"
+        assert m.group(1) not in rows, f"docs/metrics.md lists {m.group(1)} twice"
+        rows[m.group(1)] = CatalogueRow(section, cells[1], frozenset(re.findall(r"`(\w+)`", cells[3])), cells[4])
+    return rows
+
+
+def test_metric_catalogue_describes_every_dashboard_panel_in_order() -> None:
+    documented = [cells[0] for section, header, cells in _doc_tables() if section == "Dashboard"]
+    for path in DASHBOARDS:
+        panels = [p["title"] for p in _panels(json.loads(path.read_text())["panels"]) if p["type"] != "row"]
+        assert documented == panels, (f"docs/metrics.md's Dashboard table lists {documented}, "
+                                      f"{path.name} has {panels}")
+
+
+def _catalogue_section(name: str) -> str | None:
+    return next((heading for prefixes, heading in CATALOGUE_SECTIONS if name.startswith(prefixes)), None)
+
+
+def test_metric_catalogue_documents_every_metric_and_every_query_name() -> None:
+    rows = metric_catalogue()
     for name, (kind, labels) in _defined_metrics().items():
         assert name in rows, f"docs/metrics.md does not list {name}"
-        assert rows[name] == (kind, labels), f"docs/metrics.md: {name} is {kind} with labels {labels}"
+        section = _catalogue_section(name)
+        assert section is not None and rows[name].section.startswith(section), (
+            f"docs/metrics.md lists {name} under {rows[name].section!r}, not {section!r}")
+        # metrics.exposition() adds `worker` to every trainer sample; the live test checks the pages.
+        exposed = set(labels) | ({"worker"} if name.startswith("stream_trainer_") else set())
+        assert (rows[name].kind, set(rows[name].labels)) == (kind, exposed), (
+            f"docs/metrics.md: {name} is {kind} with labels {sorted(exposed)}")
     catalogued = set(rows) | PROMETHEUS_SYNTHETIC
     suffixes = ("_bucket", "_sum", "_count")
     for where, expr in dashboard_queries() + alert_rules():
         for name in metric_names(expr):
             base = next((name[: -len(s)] for s in suffixes if name.endswith(s) and name[: -len(s)] in rows), name)
             assert base in catalogued, f"{where} uses {name}, which docs/metrics.md does not list"
+
+
+def test_metric_catalogue_lists_every_value_of_the_enumerated_labels() -> None:
+    from producer.metrics import SKIP_REASONS
+    from stream_trainer.poison import REASONS
+
+    rows = metric_catalogue()
+    for name, values in {"stream_trainer_dead_letter_messages_total": REASONS,
+                         "pet_producer_skipped_total": SKIP_REASONS}.items():
+        missing = set(values) - set(re.findall(r"`(\w+)`", rows[name].meaning))
+        assert not missing, f"docs/metrics.md: the row of {name} does not list its reasons {sorted(missing)}"
 
 
 # --- queries run by a real Prometheus ----------------------------------------------------------------------------
@@ -455,7 +620,7 @@ def _free_port() -> int:
 
 def _http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as exc:  # Prometheus answers bad queries with 400 and a JSON body
         return exc.code, exc.read()
@@ -472,6 +637,18 @@ def _stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
             proc.wait(timeout=10)
 
 
+def _local_job(job: dict[str, Any], target: str) -> dict[str, Any]:
+    """``job`` scraping ``target`` instead of what it discovers.
+
+    A DNS-discovered job gets a static target that carries the discovery's meta label for its
+    first name, so that the job's relabelling runs on what a DNS answer would give it.
+    """
+    local = {k: v for k, v in job.items() if k not in {"static_configs", "dns_sd_configs"}}
+    names = [name for sd in job.get("dns_sd_configs", []) for name in sd["names"]]
+    meta = {"__meta_dns_name": names[0]} if names else {}
+    return {**local, "static_configs": [{"targets": [target], "labels": meta}]}
+
+
 class Prometheus:
     """A real prometheus server on 127.0.0.1 with a temporary config and storage."""
 
@@ -481,13 +658,13 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        # The real prometheus.yml (its job names, its rule file), with local targets and fast intervals.
+        # The real prometheus.yml (its job names, its relabelling, its rule file), with local targets
+        # and fast intervals.
         cfg = _load_yaml(PROMETHEUS_CONFIG)
         cfg["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         cfg["rule_files"] = [str(PROMETHEUS_DIR / f) for f in cfg["rule_files"]]
-        cfg["scrape_configs"] = [
-            {**job, "static_configs": [{"targets": [targets[job["job_name"]]]}]}
-            for job in cfg["scrape_configs"] if job["job_name"] in targets]
+        cfg["scrape_configs"] = [_local_job(job, targets[job["job_name"]])
+                                 for job in cfg["scrape_configs"] if job["job_name"] in targets]
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
 
     def start(self) -> None:
@@ -585,6 +762,82 @@ def _exposed_names(text: str) -> set[str]:
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+@dataclasses.dataclass
+class ExposedFamily:
+    kind: str
+    values: dict[str, set[str]]  # label name -> the values its samples carry (``le`` left out)
+    pages: set[str]
+    samples: int = 0
+
+
+def exposed_families(pages: dict[str, str]) -> dict[str, ExposedFamily]:
+    """Every metric family the /metrics ``pages`` (name -> text) declare, named as catalogued.
+
+    Counters are named with ``_total``. prometheus_client writes the ``X_created`` series of a
+    counter or histogram as a gauge family of its own; that is folded into ``X`` (docs/metrics.md,
+    Conventions). A family without samples yet (a labelled counter before its first event) is
+    declared all the same, with no label values.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, ExposedFamily] = {}
+    for page, text in pages.items():
+        for family in text_string_to_metric_families(text):
+            name = family.name + ("_total" if family.type == "counter" else "")
+            found = families.setdefault(name, ExposedFamily(family.type, {}, set()))
+            assert found.kind == family.type, f"{name} is a {found.kind} on one page and a {family.type} on {page}"
+            found.pages.add(page)
+            found.samples += len(family.samples)
+            for sample in family.samples:
+                for label, value in sample.labels.items():
+                    if label != "le":
+                        found.values.setdefault(label, set()).add(value)
+    for name in [n for n in families if n.endswith("_created") and families[n].kind == "gauge"]:
+        base = name[: -len("_created")]
+        if (base + "_total" in families and families[base + "_total"].kind == "counter") or \
+                (base in families and families[base].kind == "histogram"):
+            del families[name]
+    return families
+
+
+# Labels whose values are a fixed list in the metric's row of docs/metrics.md (its meaning).
+ENUMERATED_LABELS = ("reason", "part", "outcome")
+
+
+def assert_pages_match_the_catalogue(pages: dict[str, str]) -> None:
+    """Issue 15: whatever the programs expose is catalogued, as it is exposed, and nothing else is."""
+    rows = metric_catalogue()
+    families = exposed_families(pages)
+    problems = []
+    for name, family in sorted(families.items()):
+        section = _catalogue_section(name)
+        if section is None:
+            continue  # not ours: no other collector is registered, but a library could add one
+        row = rows.get(name)
+        where = f"{name} ({', '.join(sorted(family.pages))} /metrics)"
+        if row is None:
+            problems.append(f"{where} is not in docs/metrics.md")
+            continue
+        if not row.section.startswith(section):
+            problems.append(f"{where} is listed under {row.section!r}, not {section!r}")
+        if row.kind != family.kind:
+            problems.append(f"{where} is a {family.kind}, docs/metrics.md says {row.kind}")
+        if family.samples and set(family.values) != row.labels:
+            problems.append(f"{where} has labels {sorted(family.values)}, docs/metrics.md says {sorted(row.labels)}")
+        if not name.startswith(("process_", "python_")) and not set(family.values) <= ALLOWED_LABELS:
+            problems.append(f"{where} has labels {sorted(set(family.values) - ALLOWED_LABELS)} outside the bounded "
+                            f"set {sorted(ALLOWED_LABELS)}")
+        documented_values = set(re.findall(r"`(\w+)`", row.meaning))
+        for label in ENUMERATED_LABELS:
+            unlisted = family.values.get(label, set()) - documented_values
+            if unlisted:
+                problems.append(f"{where}: {label} values {sorted(unlisted)} are not listed in its row")
+    for name, row in rows.items():
+        if _catalogue_section(name) is not None and name not in families:
+            problems.append(f"docs/metrics.md lists {name} ({row.section}), which no /metrics page declares")
+    assert not problems, "the /metrics pages and docs/metrics.md disagree:\n  " + "\n  ".join(problems)
 
 
 def _samples(text: str, name: str) -> list[float]:
@@ -687,13 +940,19 @@ def test_dashboard_and_alert_queries_return_data_from_running_programs(
             trainer_text = ""
         if (sum(_samples(trainer_text, "stream_trainer_checkpoints_total")) >= 1
                 and sum(_samples(trainer_text, "stream_trainer_dead_letter_messages_total")) >= 1
-                and _samples(trainer_text, "stream_trainer_consumer_lag_messages")):
+                and _samples(trainer_text, "stream_trainer_consumer_lag_messages")
+                # Test-then-train scores of both parts: a status interval with replayed rows.
+                and all(re.search(rf'^stream_trainer_prequential_loss{{[^}}]*part="{part}"', trainer_text, re.M)
+                        for part in ("fresh", "replay"))):
             break
         if time.monotonic() > deadline:
-            pytest.fail(f"the trainer did not checkpoint and dead-letter within 75 s:\n{trainer_text[-3000:]}{logs()}")
+            pytest.fail(f"the trainer did not checkpoint, dead-letter and score replayed rows within 75 s:\n"
+                        f"{trainer_text[-3000:]}{logs()}")
         time.sleep(1)
 
-    exposed = _exposed_names(trainer_text) | _exposed_names(_http_get(producer_url)[1].decode()) | PROMETHEUS_SYNTHETIC
+    producer_text = _http_get(producer_url)[1].decode()
+    assert_pages_match_the_catalogue({"trainer": trainer_text, "producer": producer_text})
+    exposed = _exposed_names(trainer_text) | _exposed_names(producer_text) | PROMETHEUS_SYNTHETIC
     for where, expr in dashboard_queries() + alert_rules():
         unknown = metric_names(expr) - exposed
         assert not unknown, f"{where} uses {sorted(unknown)}, which neither program exports"
@@ -710,3 +969,14 @@ def test_dashboard_and_alert_queries_return_data_from_running_programs(
             pytest.fail("dashboard queries without data:\n" + "\n".join(f"{w}: {e}" for w, e in pending))
         time.sleep(1)
     _assert_rules_healthy(prometheus)
+
+    # Panels drawn per worker keep the `worker` label the trainer adds (an `or vector(0)` fallback
+    # has no labels at all).
+    for where, expr in dashboard_queries():
+        if "per worker" in where:
+            series = [r["metric"] for r in prometheus.query(expr)["data"]["result"]]
+            assert all(m.get("worker") == "0" for m in series if m), f"{where} loses the worker label: {series}"
+    # The trainer job's relabelling names the target service:port, whatever its address.
+    dns_name = _scrape_job(TRAINER_JOB)["dns_sd_configs"][0]["names"][0]
+    (up,) = prometheus.query(f'up{{job="{TRAINER_JOB}"}}')["data"]["result"]
+    assert up["metric"]["instance"] == f"{dns_name}:{trainer_port}", up

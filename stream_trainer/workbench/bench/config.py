@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from stream_trainer import config
-from stream_trainer.config import Settings
+from stream_trainer.config import Settings, SyntheticPhaseConfig
 from stream_trainer.errors import ConfigError
 
 
@@ -26,36 +25,104 @@ class FreshnessConfig:
     load: float = 0.5  # producer rate as a fraction of the measured in-memory training rate
     warmup_s: float = 10.0  # messages produced earlier are not counted
     seconds: float = 45.0  # messages produced in this window are counted
-    # A message stays in the shuffle window a geometric number of steps (mean shuffle_buffer):
-    # its p99 is ~4.6 x shuffle_buffer / rate seconds, on top of filling a batch (batch_size / rate).
-    shuffle_buffer: int = 2
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """float32 against mixed bfloat16 (``precision.measure``): step rate, and IoU after the same images."""
+
+    policies: list[str] = field(default_factory=lambda: ["float32", "mixed_bfloat16"])
+    warmup_steps: int = 3
+    steps: int = 8  # timed steps per policy and round
+    rounds: int = 3
+    train_images: int = 1500  # per seed and policy, for the IoU comparison
+    eval_images: int = 200
+    image_size: int = 64  # of the IoU comparison; the speed comparison uses trainer.pipeline's
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+def _default_phases() -> list[SyntheticPhaseConfig]:
+    # configs/producer.yaml's a and b: b inverts a's colour and texture cues, so training on b
+    # alone forgets a (producer/sources/synthetic.py).
+    return [SyntheticPhaseConfig("a", 2400, "blob", "warm", "cool-noise"),
+            SyntheticPhaseConfig("b", 2400, "box", "cool", "warm-stripes")]
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """``--scenario learning`` (issue 14): forgetting on a drifting stream, with and without replay."""
+
+    phases: list[SyntheticPhaseConfig] = field(default_factory=_default_phases)  # exactly two: A then B
+    eval_fraction: float = 0.05  # of each phase's images, sent to the eval topic
+    min_px: int = 64  # synthetic image sides drawn from [min_px, max_px]
+    max_px: int = 96
+    image_size: int = 64  # a tiny U-Net: the run has to fit a 2-core machine
+    base_filters: int = 8
+    depth: int = 3
+    batch_size: int = 16
+    eval_every_images: int = 192  # fresh images between evaluations of both phases
+    patience: int = 3  # A has plateaued when this many evaluations in a row beat its best by < min_delta
+    min_delta: float = 0.01
+    cost_steps: int = 20  # replay's step cost: timed steps per round, with and without replay
+    cost_rounds: int = 3
+
+
+@dataclass(frozen=True)
+class ScaleoutConfig:
+    """``--workers 1,2`` (issue 12): ``stream-trainer run`` processes training one model together."""
+
+    partitions: int = 4  # of the shared topic; every worker needs at least one
+    messages: int = 4000  # produced once (distinct images repeat every ``distinct`` messages)
+    distinct: int = 500
+    message_image_px: int = 320
+    warmup_steps: int = 5  # every worker has run this many steps before the warm-up clock starts
+    warmup_s: float = 10.0
+    window_s: float = 40.0  # the steady window the rates are taken over
+    start_timeout_s: float = 240.0  # to join, build the model and reach warmup_steps
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     messages: int = 3000  # per throughput run; every contender reads the same messages
-    partitions: int = 4
+    partition_counts: list[int] = field(default_factory=lambda: [1, 4, 16])  # one topic each, same messages
+    partitions: int = 4  # the topic that training, freshness and RSS read (one of partition_counts)
     message_image_px: int = 320  # synthetic images are this many pixels square: ~54 KB messages
     seed: int = 0
     repeats: int = 3  # measured rounds; the median is reported
-    warmup_round_messages: int = 600  # one discarded round first: connections, tracing, caches
+    warmup_round_messages: int = 600  # one discarded round first: connections, tracing, caches (0: none)
     # Each timed read skips this many items at its head (the clock starts after them).
     warmup_messages: int = 200
-    # Messages per hand-over for contenders 1 and 2: consume(num_messages=...), tfio batch(). Why
-    # not 1000: 1000 x 54 KB exceeds librdkafka's 64 MB queue (queued.max.messages.kbytes), and
-    # the fetcher then pauses for fetch.queue.backoff.ms (1 s), which measures the pause, not Kafka.
+    # Messages per hand-over of the raw consumer and the tfio source: consume(num_messages=...),
+    # batch(). Why not 1000: 1000 x 54 KB exceeds librdkafka's 64 MB queue
+    # (queued.max.messages.kbytes), and the fetcher then pauses for fetch.queue.backoff.ms (1 s),
+    # which measures the pause, not Kafka.
     consume_batch: int = 100
     train_warmup_steps: int = 3
     train_steps: int = 40
     freshness: FreshnessConfig = field(default_factory=FreshnessConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
+    scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
 
 
-# --quick: small enough for a test (< 60 s with TensorFlow's import), big enough for every code path.
+# --quick: small enough for a test, big enough for every code path.
 QUICK = {
-    "bench": {"messages": 60, "partitions": 2, "message_image_px": 96, "repeats": 1, "warmup_round_messages": 24,
-              "warmup_messages": 4, "consume_batch": 16, "train_warmup_steps": 1, "train_steps": 3,
-              "freshness": {"warmup_s": 1.0, "seconds": 3.0, "shuffle_buffer": 2}},
-    "trainer": {"pipeline": {"image_size": 64, "batch_size": 4, "shuffle_buffer": 8},
+    "bench": {"messages": 64, "partition_counts": [1, 2], "partitions": 2, "message_image_px": 96, "repeats": 1,
+              "warmup_round_messages": 0, "warmup_messages": 4, "consume_batch": 16, "train_warmup_steps": 1,
+              "train_steps": 3, "freshness": {"warmup_s": 0.5, "seconds": 2.0},
+              "precision": {"warmup_steps": 1, "steps": 1, "rounds": 1, "train_images": 16, "eval_images": 16,
+                            "image_size": 32, "seeds": [0]},
+              "learning": {"phases": [{"name": "a", "images": 120, "shape": "blob", "pet_colour": "warm",
+                                       "background": "cool-noise"},
+                                      {"name": "b", "images": 120, "shape": "box", "pet_colour": "cool",
+                                       "background": "warm-stripes"}],
+                           "eval_fraction": 0.1, "min_px": 32, "max_px": 40, "image_size": 32, "base_filters": 4,
+                           "depth": 2, "batch_size": 8, "eval_every_images": 32, "patience": 1, "cost_steps": 2,
+                           "cost_rounds": 1},
+              "scaleout": {"partitions": 2, "messages": 6000, "distinct": 40, "message_image_px": 32,
+                           "warmup_steps": 2, "warmup_s": 0.0, "window_s": 2.0}},
+    # decode_group 8: a 64-message read must still arrive in several groups for a timed window.
+    "trainer": {"pipeline": {"image_size": 32, "batch_size": 4, "decode_group": 8},
                 "model": {"base_filters": 4, "depth": 2}},
 }
 
@@ -93,13 +160,16 @@ def _nest(parts: list[str], value: Any) -> dict[str, Any]:
 def validate(bench: BenchConfig, settings: Settings) -> BenchConfig:
     """Reject sizes whose timed windows would be empty; return ``bench``."""
     p = settings.trainer.pipeline
-    # A shuffled run is timed only while the buffer is full: after its fill, before its drain.
-    need = bench.warmup_messages + 2 * p.shuffle_buffer + 2 * p.batch_size
-    fresh = bench.freshness
+    # The clock starts after warmup_messages and stops before the last two batches.
+    need = bench.warmup_messages + 4 * p.batch_size
+    fresh, learn, scale = bench.freshness, bench.learning, bench.scaleout
+    counts = bench.partition_counts
     checks = [
-        (bench.partitions >= 1, "bench.partitions", "must be >= 1"),
-        (bench.messages >= max(need, 2 * bench.partitions), "bench.messages",
-         f"must be >= {need} (warmup_messages + 2 x trainer.pipeline.shuffle_buffer + 2 x batch_size)"),
+        (bool(counts) and all(n >= 1 for n in counts) and len(set(counts)) == len(counts),
+         "bench.partition_counts", "must be distinct partition counts >= 1"),
+        (bench.partitions in counts, "bench.partitions", "must be one of bench.partition_counts"),
+        (bench.messages >= max(need, 2 * max(counts or [1])), "bench.messages",
+         f"must be >= {need} (warmup_messages + 4 x trainer.pipeline.batch_size) and >= 2 x the most partitions"),
         (bench.repeats >= 1, "bench.repeats", "must be >= 1"),
         (16 <= bench.message_image_px <= 2048, "bench.message_image_px", "must be in [16, 2048]"),
         (bench.consume_batch >= 1, "bench.consume_batch", "must be >= 1"),
@@ -107,7 +177,15 @@ def validate(bench: BenchConfig, settings: Settings) -> BenchConfig:
          "must be >= 2 (and train_warmup_steps >= 1)"),
         (0 < fresh.load <= 1, "bench.freshness.load", "must be in (0, 1]"),
         (fresh.seconds > 0 and fresh.warmup_s >= 0, "bench.freshness.seconds", "must be > 0"),
-        (fresh.shuffle_buffer >= 1, "bench.freshness.shuffle_buffer", "must be >= 1"),
+        (len(learn.phases) == 2 and learn.phases[0].name != learn.phases[1].name, "bench.learning.phases",
+         "must name exactly two phases (A, then B)"),
+        (learn.image_size % 2 ** learn.depth == 0, "bench.learning.image_size", "must be a multiple of 2**depth"),
+        (learn.eval_every_images >= learn.batch_size >= 1, "bench.learning.eval_every_images",
+         "must be >= bench.learning.batch_size >= 1"),
+        (learn.patience >= 1, "bench.learning.patience", "must be >= 1"),
+        (scale.partitions >= 1 and scale.messages >= scale.distinct >= 1, "bench.scaleout.messages",
+         "must be >= bench.scaleout.distinct >= 1"),
+        (scale.window_s > 0, "bench.scaleout.window_s", "must be > 0"),
     ]
     for ok, key, rule in checks:
         if not ok:
@@ -118,4 +196,4 @@ def validate(bench: BenchConfig, settings: Settings) -> BenchConfig:
 
 def as_dict(obj: object) -> dict[str, Any]:
     """A frozen dataclass tree as plain data for the JSON report."""
-    return dataclasses.asdict(obj)  # type: ignore[call-overload, no-any-return]
+    return dataclasses.asdict(obj)  # type: ignore[call-overload]

@@ -1,30 +1,35 @@
-"""The throughput contenders: each reads the first ``count`` messages of the workload once.
+"""The throughput contenders (issue 16): each reads the first ``count`` messages of one topic once.
 
-Every contender returns a ``Timeline``; ``CONTENDERS`` says how much of its head and tail the
-rate skips. All of them end on their own after ``count`` messages: tfio's ``KafkaDataset``
-never does (``eof=False``), so the Kafka readers get per-partition stop offsets.
+Every contender returns a ``Timeline`` (items and process CPU time at each hand-over) and ends
+on its own after ``count`` messages: tfio's ``KafkaDataset`` never does (``eof=False``), so the
+Kafka readers get per-partition stop offsets. The two floors are the plainest tf.data programs
+that decode the same messages: from memory, and from Kafka the way tensorflow-io's tutorial
+reads it; our pipeline is measured against them at every partition count.
 """
 
 from __future__ import annotations
 
-import io
-import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import tensorflow as tf
 from confluent_kafka import Consumer, TopicPartition
-from PIL import Image
 
-from stream_trainer import pipeline, source, wire
+from stream_trainer import pipeline
+from stream_trainer.batcher import Batch, Batcher, Replay
+from stream_trainer.config import Settings
+from stream_trainer.feeder import Feeder
+from stream_trainer.fresh import FreshRows
+from stream_trainer.inbox import Inbox
+from stream_trainer.kafka import client_config
+from stream_trainer.source import KafkaSource
 from stream_trainer.workbench.bench.config import BenchConfig
+from stream_trainer.workbench.bench.sources import MemorySource, tfio_interleaved
 from stream_trainer.workbench.bench.timing import BenchError, Timeline
 from stream_trainer.workbench.bench.workload import Workload
-from stream_trainer.config import Settings
-from stream_trainer.kafka import client_config
 
 STALL_S = 60.0  # a read that delivers nothing for this long has hung: fail instead of waiting forever
 
@@ -33,7 +38,6 @@ STALL_S = 60.0  # a read that delivers nothing for this long has hung: fail inst
 class Context:
     settings: Settings
     bench: BenchConfig
-    workload: Workload
 
 
 def group_id(name: str) -> str:
@@ -41,20 +45,20 @@ def group_id(name: str) -> str:
     return f"bench-{name}-{uuid.uuid4().hex[:8]}"
 
 
-def _time_batches(ds: tf.data.Dataset, count_key: str | None, bytes_key: str | None) -> Timeline:
-    """Iterate ``ds`` to its end, stamping every element (a batch) with its item and byte counts."""
+def _time_batches(ds: tf.data.Dataset, key: str | None = None) -> Timeline:
+    """Iterate ``ds`` to its end, stamping every batch: of message sizes, or of decoded rows (``key``)."""
     tl = Timeline()
     for elem in ds:
-        items = int(tf.shape(elem[count_key] if count_key else elem)[0])
-        nbytes = int(tf.reduce_sum(elem[bytes_key])) if bytes_key else 0
-        tl.add(items, nbytes)
+        if key is None:
+            tl.add(int(elem.shape[0]), int(tf.reduce_sum(elem)))
+        else:
+            tl.add(int(elem[key].shape[0]))
     return tl
 
 
-# -- 1. raw consume limit ----------------------------------------------------------------------
-def raw_consume(ctx: Context, count: int) -> Timeline:
+# -- Kafka without decoding ------------------------------------------------------------------
+def raw_consume(ctx: Context, w: Workload, count: int) -> Timeline:
     """confluent-kafka batch ``consume()`` over every partition; values are only counted."""
-    w = ctx.workload
     consumer = Consumer(client_config(ctx.settings.kafka, **{
         "group.id": group_id("raw"), "enable.auto.commit": False, "enable.partition.eof": False}))
     consumer.assign([TopicPartition(w.topic, p, 0) for p in range(w.partitions)])
@@ -70,130 +74,110 @@ def raw_consume(ctx: Context, count: int) -> Timeline:
                     raise BenchError(msg)
                 continue
             last = time.monotonic()
-            tl.add(len(good), sum(len(m.value()) for m in good))
+            tl.add(len(good), sum(len(m.value() or b"") for m in good))
     finally:
         consumer.close()
     return tl
 
 
-# -- 2. tfio source ------------------------------------------------------------------------------
-def tfio_source(ctx: Context, count: int) -> Timeline:
-    """``source.kafka_stream``: tfio ``KafkaDataset`` per partition, interleaved, no decoding."""
-    w, s = ctx.workload, ctx.settings
-    ds = source.kafka_stream(s.kafka, w.topic, w.starts(), s.trainer.source.poll_timeout_ms, group_id("tfio"),
-                             stop_offsets=w.stops(count))
+def tfio_source(ctx: Context, w: Workload, count: int) -> Timeline:
+    """tfio ``KafkaDataset`` per partition, interleaved, no decoding: what tensorflow-io reads at."""
+    s = ctx.settings
+    ds = tfio_interleaved(s.kafka, w.topic, w.stops(count), group_id("tfio"), s.trainer.source.poll_timeout_ms)
     # Batched like the raw consumer's hand-overs, so that Python's per-element iterator cost
     # (~50 us) does not cap the rate.
-    sizes = ds.map(lambda m: tf.strings.length(m["value"])).batch(ctx.bench.consume_batch)
-    tl = Timeline()
-    for batch in sizes:
-        tl.add(int(batch.shape[0]), int(tf.reduce_sum(batch)))
-    return tl
+    return _time_batches(ds.map(tf.strings.length).batch(ctx.bench.consume_batch))
 
 
-# -- 3. our pipeline ---------------------------------------------------------------------------
-def our_pipeline(ctx: Context, count: int) -> Timeline:
-    """Exactly what ``app.py`` builds: tfio per partition -> decoded_partitions -> train_batches."""
-    w, t = ctx.workload, ctx.settings.trainer
-    read = source.partition_reader(ctx.settings.kafka, w.topic, t.source.poll_timeout_ms, group_id("pipeline"),
-                                   stop_offsets=w.stops(count))
-    decoded = pipeline.decoded_partitions(read, w.starts(), t.pipeline.image_size)
-    return _time_batches(pipeline.train_batches(decoded, t.pipeline), "image", "nbytes")
+# -- the floors: a plain parallel map of decode_example ----------------------------------------
+def _plain_map(ds: tf.data.Dataset, ctx: Context) -> tf.data.Dataset:
+    p = ctx.settings.trainer.pipeline
+    # The whole decoded row (image, mask, timestamp), as the trainer needs it: a map returning the
+    # image alone would let graph optimisation drop the mask's decoding.
+    return ds.map(lambda v: pipeline.decode_example(v, p.image_size),
+                  num_parallel_calls=tf.data.AUTOTUNE).batch(p.batch_size)
 
 
-# -- 4. in-memory decode limit -----------------------------------------------------------------
-def memory_reader(w: Workload, count: int) -> pipeline.RawReader:
-    """A ``RawReader`` over the workload's serialized Examples held in memory (``from_tensor_slices``).
+def floor_memory(ctx: Context, w: Workload, count: int) -> Timeline:
+    """``from_tensor_slices(values).map(decode_example, AUTOTUNE).batch(B)``: decoding alone."""
+    return _time_batches(_plain_map(tf.data.Dataset.from_tensor_slices(w.values[:count]), ctx), "image")
 
-    Same element structure and per-partition order as the Kafka reader, so everything after it
-    is identical.
+
+def floor_live(ctx: Context, w: Workload, count: int) -> Timeline:
+    """tfio per partition, interleaved, then the same plain map: the tfio tutorial's pattern."""
+    s = ctx.settings
+    raw = tfio_interleaved(s.kafka, w.topic, w.stops(count), group_id("floor"), s.trainer.source.poll_timeout_ms)
+    return _time_batches(_plain_map(raw, ctx), "image")
+
+
+# -- our pipeline: inbox -> decoded_groups -> Feeder -> FreshRows -> Batcher ------------------------
+def fresh_capacity(ctx: Context) -> int:
+    """The fresh-row buffer app.py sizes."""
+    p = ctx.settings.trainer.pipeline
+    return max(2 * p.batch_size, p.decode_group, p.shuffle_buffer)
+
+
+def trainer_batches(ctx: Context, inbox: Inbox, starts: dict[int, int], launch: Callable[[], object],
+                    on_batch: Callable[[Batch], None] | None = None, stop: threading.Event | None = None,
+                    replay: Replay | None = None) -> Timeline:
+    """Batches exactly as the trainer assembles them, from whatever fills ``inbox``.
+
+    ``launch`` starts the filling (Kafka readers or ``MemorySource``) once the decode side is
+    built; the read must be bounded (it ends with the inbox's end marker). ``on_batch`` gets
+    every batch (the training contenders step on it); ``replay`` (default none) fills batches.
     """
-    stops = w.stops(count)
-    per_part = [w.values[p::w.partitions][:stops[p]] for p in range(w.partitions)]
-    begins = np.cumsum([0] + [len(v) for v in per_part])[:-1]
-    flat = [v for vals in per_part for v in vals]
-    all_msgs = tf.data.Dataset.from_tensor_slices(tf.constant(flat, tf.string))
-    begin_t = tf.constant(begins, tf.int64)
-    count_t = tf.constant([len(v) for v in per_part], tf.int64)
-
-    def read(partition: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
-        n = tf.gather(count_t, partition)
-        values = all_msgs.skip(tf.gather(begin_t, partition)).take(n)
-        offsets = tf.data.Dataset.range(n).map(lambda i: tf.cast(start, tf.int64) + i)
-        return tf.data.Dataset.zip((values, offsets)).map(
-            lambda v, o: {"key": tf.constant(""), "value": v, "partition": partition, "offset": o})
-
-    return read
-
-
-def in_memory(ctx: Context, count: int) -> Timeline:
-    """The identical preprocessing fed from memory: the ceiling decoding sets on this machine."""
-    w, t = ctx.workload, ctx.settings.trainer
-    decoded = pipeline.decoded_partitions(memory_reader(w, count), w.starts(), t.pipeline.image_size)
-    return _time_batches(pipeline.train_batches(decoded, t.pipeline), "image", "nbytes")
-
-
-# -- 5. naive loop -------------------------------------------------------------------------------
-def naive_loop(ctx: Context, count: int) -> Timeline:
-    """What people write first: ``poll()`` per message, PIL decode in Python, ``from_generator``, batch."""
-    w, p = ctx.workload, ctx.settings.trainer.pipeline
-    size = p.image_size
-
-    def examples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        consumer = Consumer(client_config(ctx.settings.kafka, **{
-            "group.id": group_id("naive"), "auto.offset.reset": "earliest", "enable.auto.commit": False}))
-        consumer.subscribe([w.topic])
-        seen, last = 0, time.monotonic()
-        try:
-            while seen < count:
-                msg = consumer.poll(1.0)
-                if msg is None or msg.error() is not None:
-                    if time.monotonic() - last > STALL_S:
-                        text = f"naive loop read {seen} of {count} messages, then nothing for {STALL_S:.0f} s"
-                        raise BenchError(text)
-                    continue
-                seen, last = seen + 1, time.monotonic()
-                feature = tf.train.Example.FromString(msg.value()).features.feature
-                image = Image.open(io.BytesIO(feature[wire.IMAGE_KEY].bytes_list.value[0])).convert("RGB")
-                mask = Image.open(io.BytesIO(feature[wire.MASK_KEY].bytes_list.value[0]))
-                x = np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) / 255.0
-                y = np.asarray(mask.resize((size, size), Image.NEAREST), np.uint8)[..., None] - wire.PET
-                if random.random() < 0.5:
-                    x, y = x[:, ::-1], y[:, ::-1]
-                yield x, y
-        finally:
-            consumer.close()
-
-    ds = tf.data.Dataset.from_generator(examples, output_signature=(
-        tf.TensorSpec((size, size, 3), tf.float32), tf.TensorSpec((size, size, 1), tf.uint8)))
+    t = ctx.settings.trainer
+    stop = stop or threading.Event()
+    fresh = FreshRows(fresh_capacity(ctx))
+    decoded = pipeline.decoded_groups(inbox, t.pipeline.image_size, t.pipeline.decode_group, t.pipeline.decode_threads)
+    feeder = Feeder(decoded, fresh, starts, stop)
+    batcher = Batcher(fresh, replay, t.pipeline, t.replay, t.pipeline.image_size)
+    filler = launch()
+    feeder.start()
     tl = Timeline()
-    for images, _masks in ds.batch(p.batch_size):
-        tl.add(int(images.shape[0]))
-    return tl
-
-
-# -- 6. tfio tutorial pattern --------------------------------------------------------------------
-def tfio_tutorial(ctx: Context, count: int) -> Timeline:
-    """``KafkaGroupIODataset`` as tensorflow.org's Kafka tutorial sets it up, then our decode and batching."""
-    import tensorflow_io as tfio  # noqa: PLC0415 - only this contender needs the experimental API
-
-    w, p = ctx.workload, ctx.settings.trainer.pipeline
-    raw = tfio.experimental.streaming.KafkaGroupIODataset(
-        topics=[w.topic], group_id=group_id("tutorial"), servers=ctx.settings.kafka.bootstrap_servers,
-        # The tutorial's settings, except a 1 s poll timeout instead of 10 s: a poll that finds the
-        # topic drained then ends the run 9 s sooner; it changes nothing while messages flow.
-        stream_timeout=10000, message_poll_timeout=1000, configuration=[
-            "session.timeout.ms=7000", "max.poll.interval.ms=8000", "auto.offset.reset=earliest"])
-    # take() right at the source: the group reader is synchronous, so stopping it cannot hang.
-    decoded = raw.take(count).map(lambda message, _key: pipeline.decode_example(message, p.image_size),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
+    last = time.monotonic()
     try:
-        return _time_batches(pipeline.train_batches(decoded, p), "image", None)
+        while True:
+            batch = batcher.next(0.25)
+            if batch is None:
+                failure = feeder.failure or getattr(filler, "failure", None)
+                if failure is not None:
+                    msg = f"the input failed: {failure!r}"
+                    raise BenchError(msg)
+                if feeder.exhausted.is_set() and len(fresh) == 0:
+                    return tl
+                if time.monotonic() - last > STALL_S:
+                    msg = f"our pipeline delivered {tl.total} rows, then nothing for {STALL_S:.0f} s"
+                    raise BenchError(msg)
+                continue
+            last = time.monotonic()
+            if on_batch is not None:
+                on_batch(batch)
+            assert batch.rows is not None
+            tl.add(batch.n_fresh, int(batch.rows.nbytes.sum()))
     finally:
-        # The group consumer lives in a TF resource that nothing else ever frees: it would stay in
-        # the group, heartbeating, until the process exits. Left alive, deleting the topic or
-        # stopping the broker later crashed this process (SIGSEGV inside tfio's librdkafka 1.5).
-        tf.raw_ops.DestroyResourceOp(resource=raw._resource, ignore_lookup_error=True)  # noqa: SLF001
+        stop.set()
+
+
+def kafka_source(ctx: Context, w: Workload, inbox: Inbox, stop: threading.Event, name: str) -> KafkaSource:
+    """The trainer's ``KafkaSource`` on ``w.topic``; a failed reader resumes where it stopped."""
+    s = ctx.settings
+    return KafkaSource(s.kafka, w.topic, inbox, s.trainer.source, group_id(name), lambda _p, offset: offset, stop)
+
+
+def pipeline_memory(ctx: Context, w: Workload, count: int) -> Timeline:
+    """Our decode path fed from memory: ``MemorySource`` puts the messages into the inbox."""
+    inbox = Inbox(ctx.settings.trainer.source.queue_capacity)
+    memory = MemorySource(inbox, w.per_partition(count))
+    return trainer_batches(ctx, inbox, w.starts(), memory.start)
+
+
+def pipeline_live(ctx: Context, w: Workload, count: int) -> Timeline:
+    """Our whole input path: ``KafkaSource`` reader threads with stop offsets -> the same decode path."""
+    inbox = Inbox(ctx.settings.trainer.source.queue_capacity)
+    stop = threading.Event()
+    src = kafka_source(ctx, w, inbox, stop, "pipeline")
+    return trainer_batches(ctx, inbox, w.starts(), lambda: src.start(w.starts(), w.stops(count)), stop=stop)
 
 
 @dataclass(frozen=True)
@@ -201,20 +185,20 @@ class Contender:
     key: str
     title: str
     unit: str
-    run: Callable[[Context, int], Timeline]
-    shuffled: bool  # its timed window skips a shuffle buffer's fill and drain
+    run: Callable[[Context, Workload, int], Timeline]
+    decodes: bool  # its timed window also leaves out the last two batches (a partial one waits)
 
 
 CONTENDERS = [
-    Contender("raw_consume", "raw consume limit (confluent-kafka consume(), bytes only)", "messages/s",
-              raw_consume, False),
-    Contender("tfio_source", "tfio source (KafkaDataset per partition, no decoding)", "messages/s",
+    Contender("raw_consume", "raw consume (confluent-kafka consume(), bytes only)", "messages/s", raw_consume, False),
+    Contender("tfio_source", "tfio source (KafkaDataset per partition, interleaved, no decoding)", "messages/s",
               tfio_source, False),
-    Contender("pipeline", "our pipeline (Kafka -> decode -> resize -> flip -> batch -> prefetch)", "images/s",
-              our_pipeline, True),
-    Contender("in_memory", "in-memory decode limit (same preprocessing, from_tensor_slices)", "images/s",
-              in_memory, True),
-    Contender("naive", "naive loop (poll() per message, PIL, from_generator)", "images/s", naive_loop, False),
-    Contender("tfio_tutorial", "tfio tutorial pattern (KafkaGroupIODataset + same map)", "images/s",
-              tfio_tutorial, True),
+    Contender("floor_memory", "plain map floor, from memory (from_tensor_slices.map(decode_example, AUTOTUNE))",
+              "images/s", floor_memory, True),
+    Contender("floor_live", "plain map floor, live (tfio per partition, interleaved, same map)", "images/s",
+              floor_live, True),
+    Contender("pipeline_memory", "our pipeline, from memory (inbox -> decoded_groups -> Feeder -> Batcher)",
+              "images/s", pipeline_memory, True),
+    Contender("pipeline_live", "our pipeline, live (KafkaSource readers -> same path)", "images/s",
+              pipeline_live, True),
 ]

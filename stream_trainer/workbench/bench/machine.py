@@ -29,11 +29,19 @@ def describe() -> dict[str, Any]:
     import tensorflow as tf
     import tensorflow_io
 
+    from stream_trainer.precision import visible_gpus
+
     mem_kb = _proc_field("/proc/meminfo", "MemTotal").split()
+    nproc = len(os.sched_getaffinity(0))
+    cpu = _proc_field("/proc/cpuinfo", "model name")
+    gpus = [g.name for g in visible_gpus()]
     return {
-        "nproc": len(os.sched_getaffinity(0)),
+        # What trains: the GPU(s) TensorFlow sees, else the CPU cores this process may use.
+        "device": f"GPU: {', '.join(gpus)}" if gpus else f"CPU: {cpu or 'unknown'}, {nproc} cores",
+        "gpus": gpus,
+        "nproc": nproc,
         "cpu_count": os.cpu_count(),
-        "cpu_model": _proc_field("/proc/cpuinfo", "model name"),
+        "cpu_model": cpu,
         "memory_gib": round(int(mem_kb[0]) / 1024**2, 1) if mem_kb else None,
         "platform": platform.platform(),
         "versions": {
@@ -69,6 +77,12 @@ def peak_rss_mib() -> float:
     if hwm:
         return round(int(hwm[0]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def child_peak_rss_mib(pid: int) -> float:
+    """VmHWM of another (running) process, e.g. a trainer the bench started; 0.0 where unknown."""
+    hwm = _proc_field(f"/proc/{pid}/status", "VmHWM").split()
+    return round(int(hwm[0]) / 1024, 1) if hwm else 0.0
 
 
 def rss_mib() -> float:

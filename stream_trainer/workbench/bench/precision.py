@@ -1,7 +1,8 @@
 """float32 against mixed precision on this machine: training speed, and the accuracy it buys.
 
-Speed: the trainer's step (forward, sparse cross-entropy on logits, backward, Adam; written as
-``precision``'s docstring prescribes) on random batches, one model per policy built up front,
+Speed: the trainer's step (``step.make_replica_step``: forward, sparse cross-entropy on logits,
+backward, Adam, with the loss scaling ``precision``'s docstring prescribes) on random batches, one
+model per policy built up front,
 timed in interleaved rounds with the order alternating, so background load hits every policy
 alike; the median round counts. Accuracy: every policy starts from the same initial weights,
 trains on the same synthetic pets in the same order (decoded once by the trainer's pipeline
@@ -32,22 +33,20 @@ from stream_trainer import precision as prec
 from stream_trainer.config import ModelConfig
 from stream_trainer.evaluate import confusion, scores
 from stream_trainer.model import build_unet
+from stream_trainer.step import make_replica_step
 
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Step:
-    """The trainer's step, with the loss scaling a float16 optimizer needs."""
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, image_size: int) -> Step:
+    """The trainer's step (``make_replica_step``, every row fresh and counted, no flips) on uint8 rows."""
     optimizer.build(model.trainable_variables)  # before tracing: see precision.py
+    replica = make_replica_step(model, optimizer, image_size, flip=False)
 
     def step(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(masks, model(images, training=True))
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+        n = tf.shape(images)[0]
+        out = replica(images, masks, tf.ones([n]), tf.ones([n], tf.bool), tf.cast(n, tf.float32))
+        return out["loss"]
 
     compiled: Step = tf.function(step)
     return compiled
@@ -56,22 +55,21 @@ def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Ste
 def _build(policy: str, image_size: int, cfg: ModelConfig) -> tuple[keras.Model, Step]:
     keras.config.set_dtype_policy(policy)
     model = build_unet(image_size, cfg)
-    return model, train_step(model, prec.build_optimizer(cfg, policy))
+    return model, train_step(model, prec.build_optimizer(cfg, policy), image_size)
 
 
 def _pets(count: int, seed: int, image_size: int) -> list[dict[str, tf.Tensor]]:
-    """Batches of 16 synthetic pets, decoded and normalised by the trainer's pipeline code."""
+    """Batches of 16 synthetic pets (uint8 images and masks), decoded by the trainer's pipeline code."""
     values = [wire.encode(r, 0) for r in generate(count, seed=seed, min_size=image_size,
                                                   max_size=image_size * 2, eval_fraction=0.0)]
-    decoded = tf.data.Dataset.from_tensor_slices(values).map(lambda v: pipeline.decode_example(v, image_size))
-    return list(pipeline.eval_batches(decoded, 16))
+    return [{"image": b["image"], "mask": b["mask"]} for b in pipeline.decode_values(values, image_size, 16)]
 
 
 def speed(policies: Sequence[str], image_size: int, batch_size: int, cfg: ModelConfig, warmup_steps: int,
           steps: int, rounds: int) -> dict[str, dict[str, Any]]:
     """Images per second of each policy's training step: the median of interleaved rounds."""
-    images = tf.random.uniform([batch_size, image_size, image_size, 3])
-    masks = tf.random.uniform([batch_size, image_size, image_size, 1], maxval=3, dtype=tf.int32)
+    images = tf.cast(tf.random.uniform([batch_size, image_size, image_size, 3], maxval=256, dtype=tf.int32), tf.uint8)
+    masks = tf.cast(tf.random.uniform([batch_size, image_size, image_size, 1], maxval=3, dtype=tf.int32), tf.uint8)
     runs: dict[str, list[float]] = {p: [] for p in policies}
     built = {p: _build(p, image_size, cfg)[1] for p in policies}
     for step in built.values():

@@ -1,30 +1,33 @@
-"""Contender 7: the same model and batch size trained from Kafka and from memory.
+"""Training fed live against training fed from memory: does input ever hold the step back?
 
-Both runs go through the trainer's own parts: the ``Feeder`` thread, ``make_train_step``, a
-loss fetched every step (as ``TrainLoop._step`` does). The memory run replays batches the
-in-memory pipeline made and cached beforehand, so it costs no decoding at all; the ratio of the
-two says whether input ever limits training on this machine. Input wait is the time the loop
-spent in ``Feeder.get`` before each step.
+Both runs use the trainer's own parts: the dtype policy ``precision.apply`` picks, the U-Net,
+``make_replica_step`` compiled by ``Workers`` (one worker), and batches assembled by the
+``Batcher``; the outputs are fetched every step, as ``TrainLoop._step`` does. Replay is off in
+both, so they train the same rows. The live run reads Kafka through ``KafkaSource`` and decodes
+while it trains; the memory run replays batches assembled and cached beforehand, so it costs no
+decoding at all. Input wait is the time between the end of one step and the next batch.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import tensorflow as tf
+import numpy.typing as npt
 
-from stream_trainer import pipeline, source
-from stream_trainer.workbench.bench.contenders import Context, group_id, memory_reader
-from stream_trainer.workbench.bench.timing import BenchError
-from stream_trainer.feeder import Feeder
-from stream_trainer.loop import make_train_step
+from stream_trainer import precision
+from stream_trainer.batcher import Batch
+from stream_trainer.config import Settings
+from stream_trainer.inbox import Inbox
 from stream_trainer.model import build_optimizer, build_unet
-
-BATCH_TIMEOUT_S = 120.0
+from stream_trainer.step import make_replica_step
+from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
+from stream_trainer.workbench.bench.sources import MemorySource
+from stream_trainer.workbench.bench.timing import BenchError
+from stream_trainer.workbench.bench.workload import Workload
+from stream_trainer.workers import Workers
 
 
 @dataclass(frozen=True)
@@ -36,93 +39,97 @@ class TrainRun:
 
 
 class Trainer:
-    """One model, optimizer and compiled step, shared by every training run of the benchmark."""
+    """One model, optimizer and compiled step, as ``app.run_trainer`` builds them for one worker."""
 
-    def __init__(self, ctx: Context) -> None:
-        t = ctx.settings.trainer
+    def __init__(self, settings: Settings) -> None:
+        t = settings.trainer
+        self.policy = precision.apply(t.model.precision)
+        self.workers = Workers()
         self.model = build_unet(t.pipeline.image_size, t.model)
-        self.step = make_train_step(self.model, build_optimizer(t.model))
+        self.optimizer = build_optimizer(t.model)
+        self.workers.compile_step(make_replica_step(self.model, self.optimizer, t.pipeline.image_size,
+                                                    t.pipeline.flip), t.pipeline.image_size)
 
-    def run(self, make_dataset: Callable[[], tf.data.Dataset], warmup: int, steps: int) -> TrainRun:
-        """Train on ``warmup + steps`` batches from a Feeder; time the last ``steps``; drain the rest."""
-        stop = threading.Event()
-        feeder = Feeder(make_dataset, stop).start()
-        waits: list[float] = []
-        started = 0.0
-        images = 0
-        try:
-            for n in range(warmup + steps):
-                t0 = time.perf_counter()
-                batch = _get(feeder, BATCH_TIMEOUT_S)
-                waited = time.perf_counter() - t0
-                float(self.step(batch["image"], batch["mask"]))  # fetching the loss waits for the step
-                if n == warmup - 1:
-                    started = time.perf_counter()
-                elif n >= warmup:
-                    waits.append(waited)
-                    images += int(batch["image"].shape[0])
-            elapsed = time.perf_counter() - started
-            # Let a bounded dataset run out so its reader ends and closes before the next run starts.
-            while _get(feeder, BATCH_TIMEOUT_S, allow_end=True) is not None:
-                pass
-        finally:
-            stop.set()
-        return TrainRun(steps / elapsed, images / elapsed, sum(waits) / len(waits), max(waits))
+    def step(self, batch: Batch) -> dict[str, npt.NDArray[Any]]:
+        """One step on ``batch``, every row counted (a worker alone: the step's weight is its own)."""
+        return self.workers.step(batch.image, batch.mask, batch.weight, batch.fresh, float(batch.n_rows))
 
 
-def _get(feeder: Feeder, timeout_s: float, allow_end: bool = False) -> dict[str, tf.Tensor] | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        batch = feeder.get(timeout_s=0.25)
-        if batch is not None:
-            return batch
-        if feeder.exhausted.is_set():
-            if allow_end:
-                return None
-            msg = "the input ran out before the planned number of training steps; raise bench.messages"
+class _Steps:
+    """``on_batch`` for ``trainer_batches``: steps on the first ``warmup + steps`` batches, times the last ``steps``."""
+
+    def __init__(self, trainer: Trainer, warmup: int, steps: int) -> None:
+        self.trainer, self.warmup, self.steps = trainer, warmup, steps
+        self.done = 0
+        self.images = 0
+        self.waits: list[float] = []
+        self.started = self.ended = 0.0
+        self._last = time.perf_counter()
+
+    def __call__(self, batch: Batch) -> None:
+        if self.done >= self.warmup + self.steps:
+            return  # the rest of a bounded read is drained so that its readers end
+        waited = time.perf_counter() - self._last
+        self.trainer.step(batch)
+        self.done += 1
+        if self.done == self.warmup:
+            self.started = time.perf_counter()
+        elif self.done > self.warmup:
+            self.waits.append(waited)
+            self.images += batch.n_rows
+        self.ended = self._last = time.perf_counter()
+
+    def result(self) -> TrainRun:
+        if self.done < self.warmup + self.steps:
+            msg = (f"the input ran out after {self.done} of {self.warmup + self.steps} training steps; "
+                   f"raise bench.messages")
             raise BenchError(msg)
-    msg = f"no training batch for {timeout_s:.0f} s: the input pipeline stalled"
-    raise BenchError(msg)
+        elapsed = self.ended - self.started
+        return TrainRun(self.steps / elapsed, self.images / elapsed, sum(self.waits) / len(self.waits),
+                        max(self.waits))
 
 
-def live_and_memory(ctx: Context, trainer: Trainer, memory_batches: tf.data.Dataset,
-                    memory_first: bool = False) -> tuple[TrainRun, TrainRun]:
-    """One live run (Kafka -> pipeline -> Feeder -> step) and one run from cached batches.
-
-    Rounds alternate which goes first, so a drift in the machine's background load does not
-    always land on the same side of the ratio.
-    """
-    b, t = ctx.bench, ctx.settings.trainer
-    w = ctx.workload
-    batch = t.pipeline.batch_size
-    # Enough messages for every step plus one shuffle buffer: timed steps never see the drain.
-    count = min(len(w.values), (b.train_warmup_steps + b.train_steps + math.ceil(t.pipeline.shuffle_buffer / batch))
-                * batch)
-
-    def live() -> tf.data.Dataset:
-        read = source.partition_reader(ctx.settings.kafka, w.topic, t.source.poll_timeout_ms, group_id("train"),
-                                       stop_offsets=w.stops(count))
-        return pipeline.train_batches(pipeline.decoded_partitions(read, w.starts(), t.pipeline.image_size),
-                                      t.pipeline)
-
-    if memory_first:
-        memory_run = trainer.run(lambda: memory_batches, b.train_warmup_steps, b.train_steps)
-        live_run = trainer.run(live, b.train_warmup_steps, b.train_steps)
-    else:
-        live_run = trainer.run(live, b.train_warmup_steps, b.train_steps)
-        memory_run = trainer.run(lambda: memory_batches, b.train_warmup_steps, b.train_steps)
-    return live_run, memory_run
+def live(ctx: Context, trainer: Trainer, w: Workload) -> TrainRun:
+    """KafkaSource -> inbox -> decoded_groups -> Feeder -> Batcher -> step, on ``w.topic``."""
+    b = ctx.bench
+    count = min(len(w.values), (b.train_warmup_steps + b.train_steps + 1) * ctx.settings.trainer.pipeline.batch_size)
+    steps = _Steps(trainer, b.train_warmup_steps, b.train_steps)
+    inbox = Inbox(ctx.settings.trainer.source.queue_capacity)
+    stop = threading.Event()
+    src = kafka_source(ctx, w, inbox, stop, "train")
+    trainer_batches(ctx, inbox, w.starts(), lambda: src.start(w.starts(), w.stops(count)), steps, stop)
+    return steps.result()
 
 
-def cached_memory_batches(ctx: Context) -> tf.data.Dataset:
-    """Training batches from the in-memory pipeline, materialised once: replaying them costs nothing."""
-    b, t = ctx.bench, ctx.settings.trainer
+def memory(trainer: Trainer, batches: list[Batch], warmup: int, steps: int) -> TrainRun:
+    """The same steps on batches assembled beforehand: no decoding while training."""
+    timed = _Steps(trainer, warmup, steps)
+    for batch in batches[:warmup + steps]:
+        timed(batch)
+    return timed.result()
+
+
+def cached_batches(ctx: Context, w: Workload) -> list[Batch]:
+    """Batches our pipeline assembles from ``w``'s messages in memory, kept for the memory runs."""
+    b = ctx.bench
     need = b.train_warmup_steps + b.train_steps
-    w = ctx.workload
-    decoded = pipeline.decoded_partitions(memory_reader(w, len(w.values)), w.starts(), t.pipeline.image_size)
-    batches = [elem for elem in pipeline.train_batches(decoded, t.pipeline).take(need)]
+    count = min(len(w.values), (need + 1) * ctx.settings.trainer.pipeline.batch_size)
+    inbox = Inbox(ctx.settings.trainer.source.queue_capacity)
+    batches: list[Batch] = []
+    trainer_batches(ctx, inbox, w.starts(), MemorySource(inbox, w.per_partition(count)).start, batches.append)
     if len(batches) < need:
-        msg = f"only {len(batches)} batches from {len(w.values)} messages, {need} needed; raise bench.messages"
+        msg = f"only {len(batches)} batches from {count} messages, {need} needed; raise bench.messages"
         raise BenchError(msg)
-    return tf.data.Dataset.from_tensor_slices(
-        {k: tf.stack([x[k] for x in batches]) for k in batches[0]}).prefetch(2)
+    return batches
+
+
+def live_and_memory(ctx: Context, trainer: Trainer, w: Workload, batches: list[Batch],
+                    memory_first: bool) -> tuple[TrainRun, TrainRun]:
+    """One live run and one memory run; rounds alternate which goes first, so a drift in the
+    machine's background load does not always land on the same side of the ratio."""
+    b = ctx.bench
+    if memory_first:
+        mem = memory(trainer, batches, b.train_warmup_steps, b.train_steps)
+        return live(ctx, trainer, w), mem
+    run = live(ctx, trainer, w)
+    return run, memory(trainer, batches, b.train_warmup_steps, b.train_steps)

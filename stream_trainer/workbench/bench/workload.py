@@ -1,9 +1,11 @@
-"""The messages every contender reads: synthetic pets, produced once into a fresh topic.
+"""The messages every contender reads: synthetic pets, encoded once, produced into fresh topics.
 
 Messages go round robin over the partitions with explicit partition numbers, so the count in
 each partition is known without asking the broker and every bounded read can stop exactly
-at the end (tfio's reader never ends on its own). The freshness run reuses the same images,
-re-encoded with the current time as ``produce_ts_ms``, at a fixed rate.
+at the end (tfio's reader never ends on its own). The same encoded bytes go into one topic per
+partition count, so a 1-, 4- and 16-partition read decode identical messages. The freshness
+run reuses the same images, re-encoded with the current time as ``produce_ts_ms``, at a fixed
+rate.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Workload:
     def starts(self) -> dict[int, int]:
         return dict.fromkeys(range(self.partitions), 0)
 
+    def per_partition(self, count: int) -> dict[int, list[bytes]]:
+        """The first ``count`` messages as each partition holds them, in offset order."""
+        return {p: self.values[p:count:self.partitions] for p in range(self.partitions)}
+
     def stops(self, count: int) -> dict[int, int]:
         """Per partition, the offset to stop before so that exactly the first ``count`` messages are read."""
         return stops_for(count, self.partitions)
@@ -67,11 +73,16 @@ def _producer(kafka: KafkaConfig) -> Producer:
                                             "message.max.bytes": 2_000_000}))
 
 
-def produce_all(cluster: Cluster, records: list[wire.PetRecord], partitions: int) -> Workload:
-    """Create a topic and write every record into it, round robin; wait for every ack."""
-    topic = new_topic(cluster, "bench", partitions)
+def encode_all(records: list[wire.PetRecord]) -> list[bytes]:
     now_ms = int(time.time() * 1000)
-    values = [wire.encode(r, now_ms) for r in records]
+    return [wire.encode(r, now_ms) for r in records]
+
+
+def produce_all(cluster: Cluster, records: list[wire.PetRecord], values: list[bytes], partitions: int,
+                prefix: str = "bench") -> Workload:
+    """Create a topic and write every value into it, round robin (message ``i`` has the key of
+    ``records[i % len(records)]``); wait for every ack."""
+    topic = new_topic(cluster, prefix, partitions)
     producer = _producer(cluster.kafka)
     failures: list[str] = []
 
@@ -79,7 +90,8 @@ def produce_all(cluster: Cluster, records: list[wire.PetRecord], partitions: int
         if err is not None:
             failures.append(str(err))
 
-    for i, (record, value) in enumerate(zip(records, values, strict=True)):
+    for i, value in enumerate(values):
+        record = records[i % len(records)]
         while True:
             try:
                 producer.produce(topic, value=value, key=record.image_id.encode(), partition=i % partitions,

@@ -1,0 +1,233 @@
+"""``--workers 1,2`` (issue 12): images/s trained by 1, 2, ... ``stream-trainer run`` processes on one topic.
+
+For each worker count N the bench starts N unmodified ``stream-trainer run`` processes (one
+per worker: ``MultiWorkerMirroredStrategy`` needs each worker in its own process) with
+``trainer.cluster.workers`` listing all of them, all reading the same pre-filled topic from its
+start. Each process gets its share of the cores: ``TF_NUM_INTRAOP_THREADS`` and
+``TF_NUM_INTEROP_THREADS`` (TensorFlow reads both when its thread pools are created; the
+bench checked it by counting the threads they start) and ``trainer.pipeline.decode_threads``
+(tf.data's decode map). Nothing is measured from outside: the rates come from each process's
+own /metrics (``stream_trainer_images_trained_total``, ``..._images_replayed_total``,
+``..._steps_total``, the ``..._collective_seconds`` and ``..._step_duration_seconds``
+histograms, all labelled ``worker``), scraped at the start and the end of a steady window
+after every worker has stepped ``warmup_steps`` times and ``warmup_s`` more have passed. Each
+worker's peak RSS (VmHWM) is read from /proc at the end of the window: the daemon's memory.
+
+Every process started is stopped, also when the bench fails: SIGTERM (the daemon's own clean
+stop), SIGKILL after ``stop_grace_s``, and Linux's parent-death signal should the bench itself
+be killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import stream_trainer
+from stream_trainer.config import Settings
+from stream_trainer.workbench.bench import config as bench_config
+from stream_trainer.workbench.bench import machine
+from stream_trainer.workbench.bench.config import BenchConfig, ScaleoutConfig
+from stream_trainer.workbench.bench.scrape import WorkerSample, job_rates, parse_metrics
+from stream_trainer.workbench.bench.timing import BenchError
+from stream_trainer.workbench.broker import free_port
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 30.0
+_PACKAGE_ROOT = Path(stream_trainer.__file__).resolve().parents[1]
+
+
+def run(settings: Settings, bench: BenchConfig, counts: list[int], command: str) -> dict[str, Any]:
+    """Produce the shared topic once, then run and measure one job per worker count."""
+    from stream_trainer.kafka import Cluster
+    from stream_trainer.workbench.bench.workload import encode_all, make_records, produce_all
+
+    began, load_before = time.monotonic(), machine.load_average()
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    sc = bench.scaleout
+    cores = len(os.sched_getaffinity(0))
+    cluster = Cluster(settings.kafka, group_id="stream-trainer-bench")
+    workdir = Path(tempfile.mkdtemp(prefix="stream-trainer-bench-scaleout-"))
+    try:
+        cluster.wait_until_reachable()
+        records = make_records(sc.distinct, sc.message_image_px, bench.seed)
+        values = encode_all(records)
+        w = produce_all(cluster, records, [values[i % len(values)] for i in range(sc.messages)], sc.partitions,
+                        prefix="bench-scale")
+        log.info("produced %d messages into %s (%d partitions)", sc.messages, w.topic, sc.partitions)
+        jobs = {}
+        for n in counts:
+            if n > sc.partitions:
+                msg = f"{n} workers need at least {n} partitions; raise bench.scaleout.partitions"
+                raise BenchError(msg)
+            jobs[str(n)] = measure_job(settings, w.topic, n, max(1, cores // n), sc, workdir / f"job-{n}")
+            log.info("%d worker(s): %.1f fresh images/s, %.1f rows/s, vote %.2f ms/step", n,
+                     jobs[str(n)]["fresh_images_per_s"], jobs[str(n)]["rows_per_s"],
+                     1000 * jobs[str(n)]["collective_s_per_step"])
+        cluster.admin.delete_topics([w.topic, f"{w.topic}-dlq"])
+    finally:
+        cluster.close()
+        if os.environ.get("STREAM_TRAINER_BENCH_KEEP"):
+            log.info("kept the workers' files in %s", workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    p = settings.trainer.pipeline
+    return {
+        "scenario": "scaleout",
+        "command": command,
+        "started_at": started_at,
+        "seconds": round(time.monotonic() - began, 1),
+        "machine": machine.describe(),
+        "load_average_before": load_before,
+        "load_average_after": machine.load_average(),
+        "workload": {"messages": sc.messages, "distinct_images": sc.distinct, "partitions": sc.partitions,
+                     "message_image_px": sc.message_image_px, "image_size": p.image_size,
+                     "batch_size_per_worker": p.batch_size, "cores": cores},
+        "config": {"scaleout": bench_config.as_dict(sc), "trainer": bench_config.as_dict(settings.trainer)},
+        "jobs": jobs,
+        "efficiency": efficiency(jobs),
+    }
+
+
+def efficiency(jobs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Per worker count N > 1: fresh images/s of N workers / (N x those of 1 worker)."""
+    if "1" not in jobs or not jobs["1"]["fresh_images_per_s"]:
+        return {}
+    one = jobs["1"]["fresh_images_per_s"]
+    return {n: j["fresh_images_per_s"] / (int(n) * one) for n, j in jobs.items() if n != "1"}
+
+
+def worker_config(settings: Settings, topic: str, addresses: list[str], index: int, threads: int, metrics_port: int,
+                  group: str, workdir: Path) -> dict[str, Any]:
+    """The settings file of one worker: the bench's trainer section, this job's cluster, no eval."""
+    t = settings.trainer
+    return {
+        "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers, "client": dict(settings.kafka.client)},
+        "topics": {"train": topic, "eval": f"{topic}-no-eval", "dead_letter": f"{topic}-dlq"},
+        "trainer": {
+            "source": {**dataclasses.asdict(t.source), "group_id": group},
+            "pipeline": {**dataclasses.asdict(t.pipeline), "decode_threads": threads},
+            "replay": dataclasses.asdict(t.replay),
+            "model": dataclasses.asdict(t.model),
+            "cluster": {"workers": addresses if len(addresses) > 1 else [], "index": index,
+                        "scratch_dir": str(workdir / "scratch")},
+            "loop": {"eval_every_steps": 0, "eval_wait_s": 0.0, "log_every_s": 5.0,
+                     "snapshot_dir": str(workdir / "snapshots")},
+            "checkpoint": {"dir": str(workdir / "checkpoints"), "export_dir": str(workdir / "export"),
+                           "every_steps": 0, "every_seconds": 36000.0},
+            "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        },
+    }
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM if the bench dies first."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def measure_job(settings: Settings, topic: str, n: int, threads: int, sc: ScaleoutConfig,
+                workdir: Path) -> dict[str, Any]:
+    """Start ``n`` workers, measure their steady window from their /metrics, stop them all."""
+    workdir.mkdir(parents=True)
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+    metrics_ports = [free_port() for _ in range(n)]
+    group = f"bench-scale-{n}-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("KAFKA_BOOTSTRAP", None)  # the config file names the broker
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for i in range(n):
+            path = workdir / f"worker-{i}.yaml"
+            path.write_text(yaml.safe_dump(worker_config(settings, topic, addresses, i, threads, metrics_ports[i],
+                                                         group, workdir / f"worker-{i}")))
+            log_path = workdir / f"worker-{i}.log"
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "stream_trainer.cli", "run", "--config", str(path)],
+                                        env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            procs.append((proc, log_path))
+        urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
+        t_start = time.monotonic()
+        _wait_for_steps(procs, urls, sc.warmup_steps, sc.start_timeout_s)
+        ready_s = time.monotonic() - t_start
+        time.sleep(sc.warmup_s)
+        before, t0 = _scrape_all(procs, urls), time.monotonic()
+        time.sleep(sc.window_s)
+        after, t1 = _scrape_all(procs, urls), time.monotonic()
+        peak_rss = [machine.child_peak_rss_mib(proc.pid) for proc, _ in procs]
+    finally:
+        stop_s = _stop_all(procs)
+    rates = job_rates(before, after, t1 - t0)
+    if sum(s.images for s in after) >= sc.messages:
+        msg = f"the {n}-worker job ran out of messages inside its window; raise bench.scaleout.messages"
+        raise BenchError(msg)
+    return {"workers": n, "threads_per_worker": threads, "window_s": t1 - t0, "start_to_ready_s": ready_s,
+            "stop_s": stop_s, "peak_rss_mib": peak_rss, **rates}
+
+
+def _scrape(url: str) -> WorkerSample:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return parse_metrics(response.read().decode())
+
+
+def _scrape_all(procs: list[tuple[subprocess.Popen[bytes], Path]], urls: list[str]) -> list[WorkerSample]:
+    _check_alive(procs)
+    return [_scrape(u) for u in urls]
+
+
+def _check_alive(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    for i, (proc, log_path) in enumerate(procs):
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-8:])
+            msg = f"worker {i} exited with {proc.returncode} during the scale-out bench; its last lines:\n{tail}"
+            raise BenchError(msg)
+
+
+def _wait_for_steps(procs: list[tuple[subprocess.Popen[bytes], Path]], urls: list[str], steps: int,
+                    timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _check_alive(procs)
+        try:
+            if all(s.steps >= steps for s in (_scrape(u) for u in urls)):
+                return
+        except OSError:  # not listening yet: the process is still importing TensorFlow
+            pass
+        time.sleep(0.5)
+    msg = f"the workers did not all reach {steps} steps within {timeout_s:.0f} s (bench.scaleout.start_timeout_s)"
+    raise BenchError(msg)
+
+
+def _stop_all(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> float:
+    """SIGTERM every worker (together: they stop by a collective vote), SIGKILL after the grace; seconds taken."""
+    t0 = time.monotonic()
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=max(0.1, STOP_GRACE_S - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, STOP_GRACE_S)
+            proc.kill()
+            proc.wait()
+    return time.monotonic() - t0
