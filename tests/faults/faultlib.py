@@ -314,13 +314,13 @@ class DeadLetter:
     value: bytes | None
 
 
-def read_dead_letters(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[DeadLetter]:
-    """Everything in the dead-letter topic, with its headers decoded."""
+def read_partition(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+    """Every message of partition 0 of ``topic`` (confluent-kafka ``Message`` objects), in order."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-reader-{uuid.uuid4().hex[:6]}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
-    out: list[DeadLetter] = []
+    out: list[Any] = []
     try:
         consumer.assign([TopicPartition(topic, 0, 0)])
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout_s)
@@ -333,13 +333,21 @@ def read_dead_letters(bootstrap: str, topic: str, timeout_s: float = 10.0) -> li
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     break
                 continue
-            headers = {k: v.decode() for k, v in msg.headers() or []}
-            out.append(DeadLetter(int(headers["dlq.partition"]), int(headers["dlq.offset"]), headers["dlq.reason"],
-                                  headers.get("dlq.detail", ""), msg.key(), msg.value()))
+            out.append(msg)
             if msg.offset() + 1 >= high:
                 break
     finally:
         consumer.close()
+    return out
+
+
+def read_dead_letters(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[DeadLetter]:
+    """Everything in the dead-letter topic, with its headers decoded."""
+    out = []
+    for msg in read_partition(bootstrap, topic, timeout_s):
+        headers = {k: v.decode() for k, v in msg.headers() or []}
+        out.append(DeadLetter(int(headers["dlq.partition"]), int(headers["dlq.offset"]), headers["dlq.reason"],
+                              headers.get("dlq.detail", ""), msg.key(), msg.value()))
     return out
 
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import ConfigResource, ResourceType
-from faultlib import Rig, make_rig, missing_offsets, read_trained, trained_counts
+from faultlib import Rig, make_rig, missing_offsets, read_partition, read_trained, trained_counts
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
@@ -68,28 +68,6 @@ def test_topics_get_three_replicas_and_writes_need_two_in_sync(whole: LocalClust
         c.close()
 
 
-def _read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        out: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        while len(out) < high and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
-            out.append(msg.value())
-        return out
-    finally:
-        consumer.close()
-
-
 def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(whole: LocalCluster) -> None:
     topic = f"acks-{uuid.uuid4().hex[:8]}"
     c = _cluster(whole.bootstrap)
@@ -127,7 +105,7 @@ def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(whole: LocalC
         stop.set()
         writer.join(90)
         c.close()
-    stored = _read_all(whole.bootstrap, topic)
+    stored = [m.value() for m in read_partition(whole.bootstrap, topic, 60)]
     lost = set(acked) - set(stored)
     print(f"{len(acked)} acknowledged, {len(failed)} failed, {len(stored)} stored, {len(lost)} lost")
     assert not lost, f"{len(lost)} acknowledged writes are gone, e.g. {sorted(lost)[:5]}"

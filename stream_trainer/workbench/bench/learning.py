@@ -20,9 +20,7 @@ on rows held in memory; the store's allocated bytes; this process's RSS at every
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
-import time
 import uuid
 from typing import Any
 
@@ -70,8 +68,7 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
     from stream_trainer.workbench.bench.contenders import Context
     from stream_trainer.workbench.bench.training import Trainer
 
-    began, load_before = time.monotonic(), machine.load_average()
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    session = machine.Session()
     lc = bench.learning
     s = learning_settings(settings, lc, f"bench-learn-{uuid.uuid4().hex[:8]}")
     a, b = (ph.name for ph in lc.phases)
@@ -104,13 +101,7 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
         cluster.close()
     runs = {"without_replay": plain, "with_replay": with_replay}
     return {
-        "scenario": "learning",
-        "command": command,
-        "started_at": started_at,
-        "seconds": round(time.monotonic() - began, 1),
-        "machine": machine.describe(),
-        "load_average_before": load_before,
-        "load_average_after": machine.load_average(),
+        **session.header("learning", command),
         "workload": {"phases": [bench_config.as_dict(ph) for ph in lc.phases], "train_images": {
             a: stream.b_start, b: stream.end - stream.b_start},
             "eval_images": {k: len(v) for k, v in stream.eval_values.items()}, "producer": sent.line(),

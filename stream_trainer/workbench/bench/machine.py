@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import resource
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +96,18 @@ def rss_mib() -> float:
 def process_peak_rss_mib() -> float:
     """ru_maxrss: the process's peak since start, whatever was reset."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+@dataclass
+class Session:
+    """One scenario's run: when it started and the load then; its report's header at the end."""
+
+    began: float = field(default_factory=time.monotonic)
+    load_before: list[float] = field(default_factory=load_average)
+    started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def header(self, scenario: str, command: str) -> dict[str, Any]:
+        """The fields every scenario's JSON starts with; the load is read again now."""
+        return {"scenario": scenario, "command": command, "started_at": self.started_at,
+                "seconds": round(time.monotonic() - self.began, 1), "machine": describe(),
+                "load_average_before": self.load_before, "load_average_after": load_average()}

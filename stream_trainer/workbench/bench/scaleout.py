@@ -21,7 +21,6 @@ be killed.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import os
 import shutil
@@ -57,8 +56,7 @@ def run(settings: Settings, bench: BenchConfig, counts: list[int], command: str)
     from stream_trainer.kafka import Cluster
     from stream_trainer.workbench.bench.workload import encode_all, make_records, produce_all
 
-    began, load_before = time.monotonic(), machine.load_average()
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    session = machine.Session()
     sc = bench.scaleout
     cores = len(os.sched_getaffinity(0))
     cluster = Cluster(settings.kafka, group_id="stream-trainer-bench")
@@ -88,13 +86,7 @@ def run(settings: Settings, bench: BenchConfig, counts: list[int], command: str)
             shutil.rmtree(workdir, ignore_errors=True)
     p = settings.trainer.pipeline
     return {
-        "scenario": "scaleout",
-        "command": command,
-        "started_at": started_at,
-        "seconds": round(time.monotonic() - began, 1),
-        "machine": machine.describe(),
-        "load_average_before": load_before,
-        "load_average_after": machine.load_average(),
+        **session.header("scaleout", command),
         "workload": {"messages": sc.messages, "distinct_images": sc.distinct, "partitions": sc.partitions,
                      "message_image_px": sc.message_image_px, "image_size": p.image_size,
                      "batch_size_per_worker": p.batch_size, "cores": cores},

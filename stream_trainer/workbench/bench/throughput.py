@@ -12,7 +12,6 @@ in one plain-data dict for ``report``.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import statistics
 import time
@@ -38,8 +37,7 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
     from stream_trainer.workbench.bench.contenders import CONTENDERS, Context
     from stream_trainer.workbench.bench.workload import encode_all, make_records, produce_all
 
-    began, load_before = time.monotonic(), machine.load_average()
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    session = machine.Session()
     p = settings.trainer.pipeline
     ctx = Context(settings, bench)
     cluster = Cluster(settings.kafka, group_id="stream-trainer-bench")
@@ -115,13 +113,7 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
     ratios = round_ratios(runs, bench.partition_counts, bench.partitions,
                           [r.steps_per_s for r in live_runs], [r.steps_per_s for r in memory_runs])
     return {
-        "scenario": "throughput",
-        "command": command,
-        "started_at": started_at,
-        "seconds": round(time.monotonic() - began, 1),
-        "machine": machine.describe(),
-        "load_average_before": load_before,
-        "load_average_after": machine.load_average(),
+        **session.header("throughput", command),
         "repeats": bench.repeats,
         "workload": {
             "messages": bench.messages, "partition_counts": bench.partition_counts,
