@@ -169,7 +169,11 @@ def test_a_rolling_update_waits_for_the_old_trainer_and_takes_over_from_its_chec
     b = rig.trainer(rig.write_config("b.yaml", rig.settings(trainer__loop__trained_log=str(log_b))), "trainer-b")
     rig.wait_until(lambda: "is in use by another trainer" in "".join(b.output), 120, "the new trainer waiting",
                    alive=(a, b, producer))
-    time.sleep(3)
+    # While B waits, A goes on: 100 more trained messages (~10 s) give B time to load TensorFlow and
+    # train if it could.
+    waiting_at = len(read_trained(log_a))
+    rig.wait_until(lambda: len(read_trained(log_a)) >= waiting_at + 100, 120, "the old trainer training on",
+                   alive=(a, b, producer))
     assert read_trained(log_b) == [], "the new trainer trained while the old one ran"
     assert a.stop() == 0, rig.logs()
     handed_over = latest_checkpoint(rig.checkpoint_dir)
