@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     votes.set_xlabel("workers")
     votes.set_title("Time per step", fontsize=10)
     votes.legend(fontsize=8)
-    fig.suptitle(f"stream-trainer bench (scale-out): {caveat(results['workload']['cores'], counts)}", fontsize=8)
+    title = f"stream-trainer bench (scale-out): {caveat(results['workload']['cores'], counts)}"
+    fig.suptitle(textwrap.fill(title, 150), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
