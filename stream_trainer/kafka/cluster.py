@@ -50,6 +50,9 @@ _RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRES
               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
               KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
               KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+# What a group member hears after its group moved to another coordinator (the broker holding it
+# died) until it has rejoined; the rejoin completes in poll(), where the assignment callback runs.
+_REJOINING = {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
 
 
 def _reason(exc: KafkaException) -> str:
@@ -87,8 +90,10 @@ def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
     return conf
 
 
-def _retry(what: str, call: Callable[[], T], timeout_s: float) -> T:
-    """Run ``call`` until it stops failing with a retriable coordinator error or time runs out."""
+def _retry(what: str, call: Callable[[], T], timeout_s: float, retriable: frozenset[int] | set[int] = _RETRIABLE,
+           pause: Callable[[], object] = lambda: time.sleep(0.25)) -> T:
+    """Run ``call`` until it stops failing with a retriable coordinator error or time runs out;
+    ``pause`` runs between tries."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -96,10 +101,10 @@ def _retry(what: str, call: Callable[[], T], timeout_s: float) -> T:
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             code = err.code() if isinstance(err, KafkaError) else None
-            if code not in _RETRIABLE or time.monotonic() >= deadline:
+            if code not in retriable or time.monotonic() >= deadline:
                 msg = f"{what} failed: {err}"
                 raise BrokerUnavailableError(msg) from exc
-            time.sleep(0.25)
+            pause()
 
 
 DELIVERY_TIMEOUT_S = 10.0
@@ -286,7 +291,8 @@ class Cluster:
         if offsets:
             tps = [TopicPartition(topic, p, o) for p, o in offsets.items()]
             _retry(f"committing offsets for group '{self.group_id}'",
-                   lambda: self.consumer.commit(offsets=tps, asynchronous=False), self.kafka.connect_timeout_s)
+                   lambda: self.consumer.commit(offsets=tps, asynchronous=False), self.kafka.connect_timeout_s,
+                   _RETRIABLE | _REJOINING, lambda: self.consumer.poll(0.25))
 
     def join_group(self, topic: str, timeout_s: float = 30.0) -> list[str]:
         """Become a member of the consumer group (subscribed to ``topic``, every partition paused:

@@ -99,7 +99,8 @@ def _global_step(port: int) -> float:
             text = resp.read().decode()
     except OSError:
         return -1.0
-    m = re.search(r"^stream_trainer_global_step (\S+)$", text, re.M)
+    # Labelled since the worker label (metrics.exposition): `stream_trainer_global_step{worker="0"} 42.0`.
+    m = re.search(r"^stream_trainer_global_step(?:\{[^}]*\})? (\S+)$", text, re.M)
     return float(m.group(1)) if m else -1.0
 
 

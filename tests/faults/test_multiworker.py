@@ -223,6 +223,11 @@ def test_a_restart_with_another_worker_count_resumes_every_partition_from_the_ch
     assert sum(n - 1 for n in trained.values()) == 0, "a clean stop and restart duplicates nothing"
 
 
+# Larger than the suite's 32 px / batch 4: at those shapes batch normalisation's moving statistics
+# made some exports score far below the model in training mode (docs/reliability.md, known gaps).
+LEARN_PX, LEARN_BATCH = 64, 8
+
+
 def _eval_iou(export_dir: Path, rig: Rig) -> float:
     """Mean IoU of the newest export on the job's eval topic."""
     import keras
@@ -239,7 +244,7 @@ def _eval_iou(export_dir: Path, rig: Rig) -> float:
         cluster.close()
     model = keras.models.load_model(export_dir / "latest" / "model.keras")
     cm, n = confusion(model, [{"image": b["image"], "mask": b["mask"]}
-                              for b in decode_values([m.value for m in messages], 32, 32)])
+                              for b in decode_values([m.value for m in messages], LEARN_PX, 32)])
     assert n == len(messages) >= 40
     return scores(cm)[0]
 
@@ -247,8 +252,11 @@ def _eval_iou(export_dir: Path, rig: Rig) -> float:
 @pytest.mark.faults
 @pytest.mark.slow
 def test_two_workers_learn_as_well_as_one_from_the_same_images(job: Rig) -> None:
+    # Three passes over 576 training images: long enough for both jobs to leave the steep part of
+    # the learning curve, where 2 workers' half as many (larger) steps lag by a wide, run-dependent
+    # margin (after one pass at 32 px: 0.571 vs 0.827 in one run, 0.845 vs 0.827 in another).
     images = 640
-    producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=images,
+    producer = _produce(job, "producer", producer__passes=3, producer__rate=0, producer__source__count=images,
                         producer__source__eval_fraction=0.1, producer__send_eval=True)
     assert producer.proc.wait(180) == 0, job.logs()
     total = sum(log_ends(job.bootstrap, job.topic).values())
@@ -258,7 +266,8 @@ def test_two_workers_learn_as_well_as_one_from_the_same_images(job: Rig) -> None
         workers = _workers(job, count, run, trainer__replay__size_mib=0, trainer__source__group_id=f"{job.group}-{run}",
                            trainer__checkpoint__dir=str(job.tmp / run / "ckpt"),
                            trainer__checkpoint__export_dir=str(job.tmp / run / "export"),
-                           trainer__model__base_filters=8, trainer__model__learning_rate=0.003)
+                           trainer__model__base_filters=8, trainer__model__learning_rate=0.003,
+                           trainer__pipeline__image_size=LEARN_PX, trainer__pipeline__batch_size=LEARN_BATCH)
         logs = [log for _, log, _ in workers]
         job.wait_until(lambda logs=logs: sum(len(read_trained(log)) for log in logs) >= total, 300,
                        f"{count} worker(s) to train all {total} images", alive=tuple(p for p, _, _ in workers))
