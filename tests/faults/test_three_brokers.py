@@ -138,8 +138,20 @@ def three_rig(tmp_path: Path, whole: LocalCluster) -> Iterator[Rig]:
         r.stop_all()
 
 
+def _coordinator(bootstrap: str, group: str) -> int:
+    """The node id of the broker coordinating ``group``."""
+    c = Cluster(KafkaConfig(bootstrap_servers=bootstrap))
+    try:
+        return int(c.admin.describe_consumer_groups([group])[group].result(30).coordinator.id)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("victim", ["leader", "coordinator"])
 def test_training_goes_on_without_skipping_when_its_partition_leader_is_killed(
-        three_rig: Rig, whole: LocalCluster) -> None:
+        three_rig: Rig, whole: LocalCluster, victim: str) -> None:
+    """The leader of a partition being trained, or the coordinator of the trainer's group (which
+    the trainer is a member of: one owner per checkpoint), is SIGKILLed."""
     rig = three_rig
     trained = rig.tmp / "trained.log"
     config = rig.write_config("settings.yaml", rig.settings(trainer__loop__trained_log=str(trained)))
@@ -147,15 +159,14 @@ def test_training_goes_on_without_skipping_when_its_partition_leader_is_killed(
     trainer = rig.trainer(config)
     rig.wait_until(lambda: len(read_trained(trained)) >= 40, 240, "40 trained messages", alive=(trainer, producer))
 
-    leader = whole.leader(rig.topic, 0)
+    node = whole.leader(rig.topic, 0) if victim == "leader" else _coordinator(whole.bootstrap, rig.group)
     before = len(read_trained(trained))
-    whole.kill(leader)
+    whole.kill(node)
     killed_at = time.monotonic()
     rig.wait_until(lambda: len(read_trained(trained)) >= before + 60, 240,
-                   "60 more trained messages after the leader was killed", alive=(trainer, producer))
-    print(f"killed node {leader} (leader of partition 0); 60 more messages trained "
-          f"{time.monotonic() - killed_at:.1f} s later")
-    whole.start_node(leader)
+                   f"60 more trained messages after the {victim} was killed", alive=(trainer, producer))
+    print(f"killed node {node} ({victim}); 60 more messages trained {time.monotonic() - killed_at:.1f} s later")
+    whole.start_node(node)
     c = Cluster(KafkaConfig(bootstrap_servers=whole.bootstrap), group_id=rig.group)
     try:
         # The killed node may have been the group's coordinator: the trainer's membership moves
