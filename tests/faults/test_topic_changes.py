@@ -126,20 +126,18 @@ def test_an_unwritable_dead_letter_topic_holds_positions_and_training_goes_on(ri
     log = rig.tmp / "trained.log"
     config = rig.write_config("t.yaml", rig.settings(trainer__loop__trained_log=str(log), trainer__metrics__port=port))
     cluster = _cluster(rig)
-    cluster.admin.delete_topics([rig.dead_letter_topic])[rig.dead_letter_topic].result(30)
     produce_pets(rig.bootstrap, rig.topic, 10, seed=1, size=40, partition=0)
+    produce_pets(rig.bootstrap, rig.topic, 30, seed=3, size=40, partition=1)
+    trainer = rig.trainer(config)
+    rig.wait_until(lambda: {(0, 9), (1, 29)} <= {(q, o) for q, o, _ in read_trained(log)}, 180,
+                   "everything produced so far trained", alive=(trainer,))
+    # The trainer created the dead-letter topic at start; it goes away while the trainer runs, and
+    # only then does a malformed message come (earlier, it could be dead-lettered before the deletion).
+    cluster.admin.delete_topics([rig.dead_letter_topic])[rig.dead_letter_topic].result(30)
     p = Producer({"bootstrap.servers": rig.bootstrap})
-    bad = poison_messages()["parse"]
-    p.produce(rig.topic, key=b"poison", value=bad, partition=0)  # offset 10
+    p.produce(rig.topic, key=b"poison", value=poison_messages()["parse"], partition=0)  # offset 10
     assert p.flush(10) == 0
     produce_pets(rig.bootstrap, rig.topic, 30, seed=2, size=40, partition=0)
-    produce_pets(rig.bootstrap, rig.topic, 30, seed=3, size=40, partition=1)
-    # The trainer would create the dead-letter topic at start; it is deleted again once running.
-    trainer = rig.trainer(config)
-    rig.wait_until(lambda: metric(scrape(port), "stream_trainer_steps_total") > 0, 180, "training",
-                   alive=(trainer,))
-    cluster.admin.delete_topics([rig.dead_letter_topic])[rig.dead_letter_topic].result(30)
-    produce_pets(rig.bootstrap, rig.topic, 10, seed=4, size=40, partition=0)
     rig.wait_until(lambda: metric(scrape(port), "stream_trainer_dead_letter_failures_total") >= 2, 120,
                    "dead-letter failures counted", alive=(trainer,))
     text = scrape(port)
