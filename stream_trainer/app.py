@@ -15,27 +15,28 @@ from contextlib import contextmanager
 
 import keras
 
-from stream_trainer import metrics, precision
-from stream_trainer.batcher import Batcher
-from stream_trainer.checkpoint import CheckpointStore
-from stream_trainer.committer import Committer
+from stream_trainer import metrics
 from stream_trainer.config import CheckpointConfig, Settings
-from stream_trainer.deadletter import DeadLetterWorker
 from stream_trainer.errors import CheckpointError, ConfigError, StreamTrainerError
-from stream_trainer.evaluate import EvalResult, Evaluator, read_eval_messages
-from stream_trainer.export import Exporter
-from stream_trainer.fresh import FreshRows
-from stream_trainer.inputs import Inputs, start_offsets
+from stream_trainer.ingest.fresh import FreshRows
+from stream_trainer.ingest.inputs import Inputs, start_offsets
+from stream_trainer.ingest.source import assigned_partitions
 from stream_trainer.kafka import Cluster, preflight
-from stream_trainer.loop import LoopParts, RunSummary, TrainLoop
-from stream_trainer.model import build_optimizer, build_unet
-from stream_trainer.ownership import DirectoryLock, claim
-from stream_trainer.progress import OffsetTracker
-from stream_trainer.replay import ReplayStore
-from stream_trainer.replay_fetch import restore_store
-from stream_trainer.source import assigned_partitions
-from stream_trainer.step import make_replica_step
-from stream_trainer.workers import Workers, make_workers, scaled_learning_rate
+from stream_trainer.learn import precision
+from stream_trainer.learn.batcher import Batcher
+from stream_trainer.learn.model import build_optimizer, build_unet
+from stream_trainer.learn.replay import ReplayStore
+from stream_trainer.learn.replay_fetch import restore_store
+from stream_trainer.learn.step import make_replica_step
+from stream_trainer.learn.workers import Workers, make_workers, scaled_learning_rate
+from stream_trainer.loop.train_loop import LoopParts, RunSummary, TrainLoop
+from stream_trainer.quality.deadletter import DeadLetterWorker
+from stream_trainer.quality.evaluate import EvalResult, Evaluator, read_eval_messages
+from stream_trainer.serve.export import Exporter
+from stream_trainer.state.checkpoint import CheckpointStore
+from stream_trainer.state.committer import Committer
+from stream_trainer.state.ownership import DirectoryLock, claim
+from stream_trainer.state.progress import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,12 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         metrics.REPLAY_BYTES.set(replay.nbytes)
         if restored and restored.replay:
             restore_store(replay, restored.replay, cluster, topics.train, tcfg.pipeline.image_size, partitions)
-    starts = start_offsets(cluster, settings, partitions, restored)
+    starts = start_offsets(cluster, settings, partitions, restored.offsets if restored else {})
     tracker = OffsetTracker(starts)
     batch = tcfg.pipeline.batch_size
     fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
-    inputs = Inputs(settings, cluster, tracker, starts, fresh, workers.index, workers.count, stop, partition_count)
+    inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
+                    partition_count)
     workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
                          tcfg.pipeline.image_size)
 

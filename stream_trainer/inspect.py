@@ -9,8 +9,8 @@ end and lag (messages after the saved position).
 from __future__ import annotations
 
 from stream_trainer import config
-from stream_trainer.checkpoint import read_state
 from stream_trainer.errors import CheckpointError, StreamTrainerError
+from stream_trainer.state.checkpoint import read_state
 
 
 def main(checkpoint_dir: str, config_path: str | None, bootstrap: str | None) -> int:

@@ -22,8 +22,8 @@ from stream_trainer.errors import ConfigError
 from stream_trainer.workbench.bench import config as bench_config
 from stream_trainer.workbench.bench import scenario_of
 from stream_trainer.workbench.bench.arguments import workers_list
-from stream_trainer.workbench.bench.learning import plateaued
 from stream_trainer.workbench.bench.learning import targets as learning_targets
+from stream_trainer.workbench.bench.learning_parts import plateaued
 from stream_trainer.workbench.bench.scaleout import efficiency
 from stream_trainer.workbench.bench.scrape import job_rates, parse_metrics
 from stream_trainer.workbench.bench.throughput import round_ratios

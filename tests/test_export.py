@@ -19,11 +19,12 @@ import tensorflow as tf
 from PIL import Image
 
 from producer.sources.synthetic import make_record
-from stream_trainer import pipeline, precision
 from stream_trainer.config import CheckpointConfig, ModelConfig
 from stream_trainer.errors import CheckpointError
-from stream_trainer.export import SIGNATURE_BYTES, SIGNATURE_PIXELS, Exporter
-from stream_trainer.model import build_unet
+from stream_trainer.ingest import pipeline
+from stream_trainer.learn import precision
+from stream_trainer.learn.model import build_unet
+from stream_trainer.serve.export import SIGNATURE_BYTES, SIGNATURE_PIXELS, Exporter
 
 SIZE = 32
 META = {"topic": "pets", "next_offsets": {"0": 42}}
@@ -85,7 +86,7 @@ def test_a_step_below_the_newest_version_still_exports_as_a_newer_version(tmp_pa
 
 def test_improved_declines_a_worse_model_and_accepts_one_within_tolerance(
         tmp_path: Path, model: keras.Model, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="stream_trainer.export")
+    caplog.set_level("INFO", logger="stream_trainer.serve.export")
     ex = exporter(tmp_path, export_policy="improved", export_tolerance=0.02)
     assert ex.export(model, 100, iou(0.60), META) is not None  # the first one always
     assert ex.export(model, 200, iou(0.57), META) is None  # 0.03 worse

@@ -14,13 +14,14 @@ import pytest
 import tensorflow as tf
 
 from producer.sources.synthetic import make_record
-from stream_trainer import config, pipeline, wire
-from stream_trainer.batcher import Batcher
-from stream_trainer.feeder import Feeder
-from stream_trainer.fresh import FreshRows, Rows
-from stream_trainer.inbox import Inbox
-from stream_trainer.replay import ReplayStore
-from stream_trainer.step import flip_rows
+from stream_trainer import config, wire
+from stream_trainer.ingest import pipeline
+from stream_trainer.ingest.feeder import Feeder
+from stream_trainer.ingest.fresh import FreshRows, Rows
+from stream_trainer.ingest.inbox import Inbox
+from stream_trainer.learn.batcher import Batcher
+from stream_trainer.learn.replay import ReplayStore
+from stream_trainer.learn.step import flip_rows
 from tests.test_trainer import poison_messages
 
 SIZE = 32

@@ -10,11 +10,11 @@ from collections.abc import Callable
 import tensorflow as tf
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_trainer import source
 from stream_trainer.config import KafkaConfig, SourceConfig
-from stream_trainer.inbox import END_PARTITION, Inbox
+from stream_trainer.ingest import source
+from stream_trainer.ingest.inbox import END_PARTITION, Inbox
+from stream_trainer.ingest.source import KafkaSource
 from stream_trainer.kafka import Cluster
-from stream_trainer.source import KafkaSource
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:

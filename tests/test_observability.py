@@ -601,7 +601,7 @@ def test_metric_catalogue_documents_every_metric_and_every_query_name() -> None:
 
 def test_metric_catalogue_lists_every_value_of_the_enumerated_labels() -> None:
     from producer.metrics import SKIP_REASONS
-    from stream_trainer.poison import REASONS
+    from stream_trainer.quality.poison import REASONS
 
     rows = metric_catalogue()
     for name, values in {"stream_trainer_dead_letter_messages_total": REASONS,

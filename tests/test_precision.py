@@ -10,10 +10,12 @@ import pytest
 import tensorflow as tf
 
 from producer.sources.synthetic import generate
-from stream_trainer import pipeline, precision, wire
+from stream_trainer import wire
 from stream_trainer.config import ModelConfig
-from stream_trainer.model import build_unet
-from stream_trainer.precision import Gpu
+from stream_trainer.ingest import pipeline
+from stream_trainer.learn import precision
+from stream_trainer.learn.model import build_unet
+from stream_trainer.learn.precision import Gpu
 
 TINY = ModelConfig(base_filters=4, depth=2, learning_rate=0.01)
 CPUINFO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\n"
@@ -57,7 +59,7 @@ def test_an_explicit_precision_is_taken_as_is_and_an_unknown_one_is_refused() ->
 
 
 def test_apply_sets_the_global_policy_and_logs_the_reason(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="stream_trainer.precision")
+    caplog.set_level("INFO", logger="stream_trainer.learn.precision")
     assert precision.apply("mixed_bfloat16") == "mixed_bfloat16"
     assert keras.config.dtype_policy().name == "mixed_bfloat16"
     assert "precision mixed_bfloat16 (set by trainer.model.precision)" in caplog.text

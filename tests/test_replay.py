@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from stream_trainer.replay import Example, Fetch, Policy, ReplayStore, RestoreResult, merge_states
+from stream_trainer.learn.replay import Example, Fetch, Policy, ReplayStore, RestoreResult, merge_states
 
 I64 = npt.NDArray[np.int64]
 S = 4  # tiny images: the store's logic does not depend on the size
@@ -114,7 +114,7 @@ def test_store_never_holds_more_than_capacity_and_memory_stays_flat_over_10000_a
 # be resident and hide the store's own.
 _RESIDENT_PROBE = """
 import os
-from stream_trainer.replay import ReplayStore
+from stream_trainer.learn.replay import ReplayStore
 def resident():
     with open("/proc/self/statm") as f:  # Linux: resident pages are the second field
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

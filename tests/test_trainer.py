@@ -16,8 +16,8 @@ from tensorflow.core.example import example_pb2
 
 from producer.sources.synthetic import make_record
 from stream_trainer.app import run_trainer
-from stream_trainer.checkpoint import read_positions
 from stream_trainer.kafka import Cluster
+from stream_trainer.state.checkpoint import read_positions
 from tests.pets import produce_pets, tiny_settings
 
 
@@ -207,11 +207,11 @@ def test_stop_event_ends_an_idle_trainer_promptly(kafka_bootstrap: str, tmp_path
         """The loop's first status line: it is running, its readers blocked in tfio's read."""
 
         def emit(self, record: logging.LogRecord) -> None:
-            if record.name == "stream_trainer.loop" and record.getMessage().startswith("step 0 |"):
+            if record.name == "stream_trainer.loop.train_loop" and record.getMessage().startswith("step 0 |"):
                 looping.set()
 
     handler = StatusLine()
-    loop_log = logging.getLogger("stream_trainer.loop")
+    loop_log = logging.getLogger("stream_trainer.loop.train_loop")
     level = loop_log.level
     loop_log.setLevel(logging.INFO)
     loop_log.addHandler(handler)

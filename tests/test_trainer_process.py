@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from stream_trainer.checkpoint import read_positions
 from stream_trainer.config import Settings
 from stream_trainer.kafka import Cluster
+from stream_trainer.state.checkpoint import read_positions
 from tests.pets import produce_pets, tiny_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,10 +15,12 @@ from PIL import Image
 from tensorflow.core.example import example_pb2
 
 from producer.sources.synthetic import make_record
-from stream_trainer import config, pipeline, poison, wire
+from stream_trainer import config, wire
 from stream_trainer.errors import ConfigError
-from stream_trainer.evaluate import scores
-from stream_trainer.progress import OffsetTracker
+from stream_trainer.ingest import pipeline
+from stream_trainer.quality import poison
+from stream_trainer.quality.evaluate import scores
+from stream_trainer.state.progress import OffsetTracker
 from tests.test_trainer import poison_messages
 
 # -- offset tracker -----------------------------------------------------------------------------

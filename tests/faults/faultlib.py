@@ -270,7 +270,7 @@ def latest_checkpoint(directory: Path, attempts: int = 5) -> SavedCheckpoint | N
     """The newest checkpoint TensorFlow would restore from ``directory`` (read-only), or None."""
     import tensorflow as tf
 
-    from stream_trainer.checkpoint import read_state
+    from stream_trainer.state.checkpoint import read_state
 
     for attempt in range(attempts):
         try:

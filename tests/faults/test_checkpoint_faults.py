@@ -44,7 +44,7 @@ from faultlib import (
     scrape,
 )
 
-from stream_trainer.checkpoint import read_checkpoint
+from stream_trainer.state.checkpoint import read_checkpoint
 
 # Smaller than a checkpoint's data file (~110 KB for the test model), larger than the index file.
 FULL_DISK_BYTES = 16 * 1024

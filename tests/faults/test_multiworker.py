@@ -116,7 +116,7 @@ def test_sigterm_to_one_worker_stops_an_idle_job_with_one_checkpoint(job: Rig) -
     final = latest_checkpoint(job.checkpoint_dir)
     assert final is not None and final.positions == dict.fromkeys(range(PARTITIONS), 0)
     chief = "".join(workers[0][0].output)
-    assert chief.count("INFO stream_trainer.loop: checkpoint ") == 1, "exactly one checkpoint"
+    assert chief.count("INFO stream_trainer.loop.train_loop: checkpoint ") == 1, "exactly one checkpoint"
     assert "stopped by another worker" in chief
 
 
@@ -233,9 +233,9 @@ def _eval_iou(export_dir: Path, rig: Rig) -> float:
     import keras
 
     from stream_trainer.config import KafkaConfig
-    from stream_trainer.evaluate import confusion, read_eval_messages, scores
+    from stream_trainer.ingest.pipeline import decode_values
     from stream_trainer.kafka import Cluster
-    from stream_trainer.pipeline import decode_values
+    from stream_trainer.quality.evaluate import confusion, read_eval_messages, scores
 
     cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
     try:

@@ -20,9 +20,9 @@ from confluent_kafka import TopicPartition
 from faultlib import Rig, latest_checkpoint, missing_offsets, read_trained
 
 from stream_trainer import config, wire
-from stream_trainer.checkpoint import read_state
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
+from stream_trainer.state.checkpoint import read_state
 from tests.pets import produce_pets
 
 # 32 px rows are 4 KiB: a 0.2 MiB store holds 51 members.
@@ -86,8 +86,8 @@ def _phase_iou(export_dir: Path, settings: config.Settings, phase: str) -> float
     """Mean IoU of the newest export on the eval images of one phase."""
     import keras
 
-    from stream_trainer.evaluate import confusion, read_eval_messages, scores
-    from stream_trainer.pipeline import decode_values
+    from stream_trainer.ingest.pipeline import decode_values
+    from stream_trainer.quality.evaluate import confusion, read_eval_messages, scores
 
     cluster = Cluster(settings.kafka)
     try:

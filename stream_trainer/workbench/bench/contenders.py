@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import tensorflow as tf
 from confluent_kafka import Consumer, TopicPartition
 
-from stream_trainer import pipeline
-from stream_trainer.batcher import Batch, Batcher, Replay
 from stream_trainer.config import Settings
-from stream_trainer.feeder import Feeder
-from stream_trainer.fresh import FreshRows
-from stream_trainer.inbox import Inbox
+from stream_trainer.ingest import pipeline
+from stream_trainer.ingest.feeder import Feeder
+from stream_trainer.ingest.fresh import FreshRows
+from stream_trainer.ingest.inbox import Inbox
+from stream_trainer.ingest.source import KafkaSource
 from stream_trainer.kafka import client_config
-from stream_trainer.source import KafkaSource
+from stream_trainer.learn.batcher import Batch, Batcher, Replay
 from stream_trainer.workbench.bench.config import BenchConfig
 from stream_trainer.workbench.bench.sources import MemorySource, tfio_interleaved
 from stream_trainer.workbench.bench.timing import BenchError, Timeline

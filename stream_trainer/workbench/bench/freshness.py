@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from stream_trainer.batcher import Batch
-from stream_trainer.inbox import Inbox
+from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.kafka import Cluster
-from stream_trainer.replay import ReplayStore
+from stream_trainer.learn.batcher import Batch
+from stream_trainer.learn.replay import ReplayStore
 from stream_trainer.wire import PetRecord
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.timing import BenchError

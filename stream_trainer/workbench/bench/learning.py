@@ -9,7 +9,7 @@ Two runs, from the same initial weights and seed, through the trainer's own part
 (``KafkaSource`` -> ``decoded_groups`` -> ``Feeder`` -> ``Batcher`` -> compiled step, then
 ``replay.add`` as ``TrainLoop._account`` does): without replay, and with the store as
 configured (``trainer.replay``). The run without replay trains A until A's eval IoU plateaus
-(``plateaued``), which fixes the number of A images; both runs then train exactly that many
+(``learning_parts.plateaued``), which fixes the number of A images; both runs then train exactly that many
 fresh A images and the same number of fresh B images. Both phases are evaluated every
 ``eval_every_images`` fresh images: the curves of the chart.
 
@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 
 FORGET_LIMIT = 0.05  # IoU on A after B may be at most this far below its peak (with replay)
 TARGET_RATIO = 0.95
-
-
-def plateaued(history: list[float], patience: int, min_delta: float) -> bool:
-    """True when none of the last ``patience`` scores beat the best before them by ``min_delta``."""
-    if len(history) <= patience:
-        return False
-    return max(history[-patience:]) < max(history[:-patience]) + min_delta
 
 
 def learning_settings(settings: Settings, lc: LearningConfig, topic: str) -> Settings:

@@ -15,22 +15,29 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from stream_trainer import pipeline, wire
-from stream_trainer.batcher import Batch, Batcher
+from stream_trainer import wire
 from stream_trainer.config import Settings
-from stream_trainer.evaluate import confusion, read_eval_messages, scores
-from stream_trainer.fresh import FreshRows, Rows
-from stream_trainer.inbox import Inbox
+from stream_trainer.ingest import pipeline
+from stream_trainer.ingest.fresh import FreshRows, Rows
+from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.kafka import Cluster
+from stream_trainer.learn.batcher import Batch, Batcher
+from stream_trainer.quality.evaluate import confusion, read_eval_messages, scores
 from stream_trainer.workbench.bench import machine
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.freshness import replay_store
-from stream_trainer.workbench.bench.learning import plateaued
 from stream_trainer.workbench.bench.timing import BenchError
 from stream_trainer.workbench.bench.training import Trainer
 from stream_trainer.workbench.bench.workload import Workload
 
 log = logging.getLogger(__name__)
+
+
+def plateaued(history: list[float], patience: int, min_delta: float) -> bool:
+    """True when none of the last ``patience`` scores beat the best before them by ``min_delta``."""
+    if len(history) <= patience:
+        return False
+    return max(history[-patience:]) < max(history[:-patience]) + min_delta
 
 EVAL_BATCH = 64
 

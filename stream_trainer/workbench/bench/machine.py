@@ -32,7 +32,7 @@ def describe() -> dict[str, Any]:
     import tensorflow as tf
     import tensorflow_io
 
-    from stream_trainer.precision import visible_gpus
+    from stream_trainer.learn.precision import visible_gpus
 
     mem_kb = _proc_field("/proc/meminfo", "MemTotal").split()
     nproc = len(os.sched_getaffinity(0))

@@ -28,12 +28,13 @@ import keras
 import tensorflow as tf
 
 from producer.sources.synthetic import generate
-from stream_trainer import pipeline, wire
-from stream_trainer import precision as prec
+from stream_trainer import wire
 from stream_trainer.config import ModelConfig
-from stream_trainer.evaluate import confusion, scores
-from stream_trainer.model import build_unet
-from stream_trainer.step import make_replica_step
+from stream_trainer.ingest import pipeline
+from stream_trainer.learn import precision as prec
+from stream_trainer.learn.model import build_unet
+from stream_trainer.learn.step import make_replica_step
+from stream_trainer.quality.evaluate import confusion, scores
 
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 

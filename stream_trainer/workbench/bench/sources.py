@@ -15,9 +15,9 @@ from collections.abc import Mapping
 import tensorflow as tf
 import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no `.kafka`
 
-from stream_trainer import source
 from stream_trainer.config import KafkaConfig
-from stream_trainer.inbox import Inbox
+from stream_trainer.ingest import source
+from stream_trainer.ingest.inbox import Inbox
 
 # As source.py's readers: messages per step of a reader's loop.
 CHUNK = 64

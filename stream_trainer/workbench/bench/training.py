@@ -17,17 +17,17 @@ from typing import Any
 
 import numpy.typing as npt
 
-from stream_trainer import precision
-from stream_trainer.batcher import Batch
 from stream_trainer.config import Settings
-from stream_trainer.inbox import Inbox
-from stream_trainer.model import build_optimizer, build_unet
-from stream_trainer.step import make_replica_step
+from stream_trainer.ingest.inbox import Inbox
+from stream_trainer.learn import precision
+from stream_trainer.learn.batcher import Batch
+from stream_trainer.learn.model import build_optimizer, build_unet
+from stream_trainer.learn.step import make_replica_step
+from stream_trainer.learn.workers import Workers
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.sources import MemorySource
 from stream_trainer.workbench.bench.timing import BenchError
 from stream_trainer.workbench.bench.workload import Workload
-from stream_trainer.workers import Workers
 
 
 @dataclass(frozen=True)

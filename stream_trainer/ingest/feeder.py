@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-from stream_trainer.fresh import FreshRows, Rows
+from stream_trainer.ingest.fresh import FreshRows, Rows
 
 log = logging.getLogger(__name__)
 

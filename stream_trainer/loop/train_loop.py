@@ -23,16 +23,16 @@ import numpy as np
 import numpy.typing as npt
 
 from stream_trainer import metrics
-from stream_trainer.batcher import Batch, Batcher
-from stream_trainer.checkpoint import CheckpointStore
-from stream_trainer.committer import Committer
 from stream_trainer.config import LoopConfig
-from stream_trainer.deadletter import DeadLetterWorker
 from stream_trainer.errors import CheckpointError, InputPipelineError, StreamTrainerError
-from stream_trainer.evaluate import EvalResult, Evaluator, scores
-from stream_trainer.progress import OffsetTracker
-from stream_trainer.replay import merge_states
-from stream_trainer.workers import CHECKPOINT, FRESH, PARTITIONS, ROWS, STOP, VOTE_SIZE, Workers
+from stream_trainer.learn.batcher import Batch, Batcher
+from stream_trainer.learn.replay import merge_states
+from stream_trainer.learn.workers import CHECKPOINT, FRESH, PARTITIONS, ROWS, STOP, VOTE_SIZE, Workers
+from stream_trainer.quality.deadletter import DeadLetterWorker
+from stream_trainer.quality.evaluate import EvalResult, Evaluator, scores
+from stream_trainer.state.checkpoint import CheckpointStore
+from stream_trainer.state.committer import Committer
+from stream_trainer.state.progress import OffsetTracker
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]

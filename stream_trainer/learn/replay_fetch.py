@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy.typing as npt
 
-from stream_trainer import metrics, pipeline
+from stream_trainer import metrics
+from stream_trainer.ingest import pipeline
 from stream_trainer.kafka import Cluster
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def kafka_fetch(cluster: Cluster, topic: str, image_size: int,
 def restore_store(store: object, state: Mapping[str, object], cluster: Cluster, topic: str, image_size: int,
                   partitions: list[int]) -> None:
     """Refill ``store`` with the members of ``partitions`` that ``state`` lists; log and count the outcome."""
-    from stream_trainer.replay import ReplayStore
+    from stream_trainer.learn.replay import ReplayStore
 
     assert isinstance(store, ReplayStore)
     if not state:

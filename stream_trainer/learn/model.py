@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from stream_trainer import precision
 from stream_trainer.config import ModelConfig
+from stream_trainer.learn import precision
 from stream_trainer.wire import NUM_CLASSES
 
 # Batch norm's moving statistics, which a served model normalises with, are an average over the

@@ -33,7 +33,7 @@ import tensorflow as tf
 from stream_trainer import metrics
 from stream_trainer.config import ClusterConfig, ModelConfig
 from stream_trainer.errors import ConfigError, PeerLostError
-from stream_trainer.step import StepFn, input_signature
+from stream_trainer.learn.step import StepFn, input_signature
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError
-from stream_trainer.workers import Workers
+from stream_trainer.learn.workers import Workers
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from functools import partial
 import tensorflow as tf
 
 from stream_trainer import wire
-from stream_trainer.inbox import END_PARTITION, Inbox
+from stream_trainer.ingest.inbox import END_PARTITION, Inbox
 
 AUTOTUNE = tf.data.AUTOTUNE
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

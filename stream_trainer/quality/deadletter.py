@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Message
 
-from stream_trainer import metrics, poison
+from stream_trainer import metrics
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka import Cluster
 from stream_trainer.kafka.cluster import DELIVERY_TIMEOUT_S, offset_of
+from stream_trainer.quality import poison
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from stream_trainer import pipeline
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError
+from stream_trainer.ingest import pipeline
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream_trainer.config import PipelineConfig, ReplayConfig
-from stream_trainer.fresh import FreshRows, Rows
+from stream_trainer.ingest.fresh import FreshRows, Rows
 
 
 class Replay(Protocol):

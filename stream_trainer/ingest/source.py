@@ -29,7 +29,7 @@ import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no 
 from stream_trainer import metrics
 from stream_trainer.config import KafkaConfig, SourceConfig
 from stream_trainer.errors import InputPipelineError, OffsetResetError, StreamTrainerError
-from stream_trainer.inbox import Inbox
+from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.kafka import Watermarks, security
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from stream_trainer import pipeline
+from stream_trainer.ingest import pipeline
 from stream_trainer.kafka import Cluster
 from stream_trainer.kafka.cluster import offset_of
 from stream_trainer.wire import NUM_CLASSES

@@ -17,22 +17,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
-from stream_trainer import metrics, pipeline
-from stream_trainer.checkpoint import Restored
+from stream_trainer import metrics
 from stream_trainer.config import Settings
 from stream_trainer.errors import OffsetResetError, StreamTrainerError
-from stream_trainer.feeder import Feeder
-from stream_trainer.fresh import FreshRows
-from stream_trainer.inbox import Inbox
+from stream_trainer.ingest import pipeline
+from stream_trainer.ingest.feeder import Feeder
+from stream_trainer.ingest.fresh import FreshRows
+from stream_trainer.ingest.inbox import Inbox
+from stream_trainer.ingest.source import KafkaSource, assigned_partitions
 from stream_trainer.kafka import Cluster, Watermarks
-from stream_trainer.progress import OffsetTracker
-from stream_trainer.source import KafkaSource, assigned_partitions
 
 log = logging.getLogger(__name__)
+
+# Told when a partition continues at a new offset (added, or moved back by on_offset_reset):
+# (partition, start, epoch). The trained-position bookkeeping downstream restarts its chain there.
+Repositioned = Callable[[int, int, int], None]
 
 
 def checked_start(topic: str, partition: int, offset: int, marks: Watermarks, policy: str) -> int:
@@ -57,10 +60,9 @@ def checked_start(topic: str, partition: int, offset: int, marks: Watermarks, po
 
 
 def start_offsets(cluster: Cluster, settings: Settings, partitions: list[int],
-                  restored: Restored | None) -> dict[int, int]:
-    """Per partition: the checkpoint's offset, else the group's committed one, else the reset policy."""
+                  saved: Mapping[int, int]) -> dict[int, int]:
+    """Per partition: the checkpoint's (``saved``) offset, else the group's committed one, else the reset policy."""
     topic, source = settings.topics.train, settings.trainer.source
-    saved = restored.offsets if restored else {}
     committed = cluster.committed(topic, [p for p in partitions if p not in saved])
     marks = cluster.watermarks(topic, partitions)
     starts: dict[int, int] = {}
@@ -80,12 +82,12 @@ def start_offsets(cluster: Cluster, settings: Settings, partitions: list[int],
 class Inputs:
     """One worker's readers, decode pipeline and feeder; see the module docstring."""
 
-    def __init__(self, settings: Settings, cluster: Cluster, tracker: OffsetTracker, starts: Mapping[int, int],
+    def __init__(self, settings: Settings, cluster: Cluster, on_reposition: Repositioned, starts: Mapping[int, int],
                  fresh: FreshRows, worker_index: int, worker_count: int, stop: threading.Event,
                  partition_count: int) -> None:
         self.settings = settings
         self.cluster = cluster
-        self.tracker = tracker
+        self.on_reposition = on_reposition
         self.worker_index, self.worker_count = worker_index, worker_count
         self.stop = stop
         t = settings.trainer
@@ -97,7 +99,7 @@ class Inputs:
                                               t.pipeline.decode_threads)
         self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
                                   self._resolve, stop)
-        self.feeder = Feeder(decoded, fresh, starts, stop, on_new_epoch=tracker.reset)
+        self.feeder = Feeder(decoded, fresh, starts, stop, on_new_epoch=on_reposition)
         self._starts = dict(starts)
         self._count = partition_count
         self._lock = threading.Lock()
@@ -148,13 +150,13 @@ class Inputs:
 
     def _add(self, partitions: list[int]) -> None:
         try:
-            starts = start_offsets(self.cluster, self.settings, partitions, None)
+            starts = start_offsets(self.cluster, self.settings, partitions, {})
         except StreamTrainerError as exc:
             log.error("cannot start reading new partitions %s yet: %s", partitions, exc)
             return
         for p, start in starts.items():
             log.info("partition %d was added to %s; training it from offset %d", p, self.topic, start)
-            self.tracker.reset(p, start)
+            self.on_reposition(p, start, 0)
             self.feeder.restart_partition(p, start)
             self.source.add(p, start)
 
