@@ -37,6 +37,7 @@ from stream_trainer.state.checkpoint import CheckpointStore
 from stream_trainer.state.committer import Committer
 from stream_trainer.state.ownership import DirectoryLock, claim
 from stream_trainer.state.progress import OffsetTracker
+from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
                          tcfg.pipeline.image_size)
 
+    threads = Threads()
     halt = threading.Event()  # background workers outlive the loop's stop: final dead letters, commit
 
     def make_evaluator() -> Evaluator | None:
@@ -160,7 +162,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
                       replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
                       evaluator=make_evaluator,
                       export=_exporter(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
-                      inputs=inputs, stop=stop)
+                      inputs=inputs, stop=stop, threads=threads)
     loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
                      start_step=restored.step if restored else 0)
     try:

@@ -51,3 +51,8 @@ class OffsetResetError(StreamTrainerError):
 
 class OwnershipError(StreamTrainerError):
     """Another trainer owns the checkpoint directory or the consumer group (when_owned: fail)."""
+
+
+class ThreadDiedError(StreamTrainerError):
+    """A long-lived background thread ended with an unexpected exception; the trainer stops rather
+    than run on without the work that thread did (commits, dead letters, a partition's reader)."""

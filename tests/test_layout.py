@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "stream_trainer"
 
 # Earliest first. The shared vocabulary (config, errors, metrics, wire, kafka) comes before every stage.
 STAGES = [
-    {"errors", "config", "metrics", "wire", "tfenv", "kafka"},
+    {"errors", "config", "metrics", "wire", "tfenv", "threads", "kafka"},
     {"ingest"},
     {"learn"},
     {"state"},

@@ -33,6 +33,7 @@ from stream_trainer.quality.evaluate import EvalResult, Evaluator, scores
 from stream_trainer.state.checkpoint import CheckpointStore
 from stream_trainer.state.committer import Committer
 from stream_trainer.state.progress import OffsetTracker
+from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
@@ -126,6 +127,7 @@ class LoopParts:
     export: Exporter | None
     inputs: InputState
     stop: threading.Event
+    threads: Threads
 
 
 class TrainLoop:
@@ -189,6 +191,9 @@ class TrainLoop:
             self._step(batch, float(totals[ROWS]))
             self._housekeeping(totals)
         self._finish()
+        died = self.p.threads.failure()
+        if died is not None:
+            raise died
         failure = self.p.inputs.failure()
         if failure is not None:
             if isinstance(failure, StreamTrainerError):
@@ -207,6 +212,8 @@ class TrainLoop:
             return "max_seconds"
         if self.p.inputs.failure() is not None:
             return "input failure"
+        if self.p.threads.failure() is not None:
+            return "thread died"
         if self.p.inputs.exhausted() and len(self.p.batcher.fresh) == 0:
             return "end of input"
         return ""
