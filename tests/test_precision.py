@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
-from producer.sources.synthetic import generate
-from stream_trainer import wire
 from stream_trainer.config import ModelConfig
-from stream_trainer.ingest import pipeline
 from stream_trainer.learn import precision
 from stream_trainer.learn.model import build_unet
 from stream_trainer.learn.precision import Gpu
@@ -87,69 +83,4 @@ def test_only_mixed_float16_gets_a_loss_scale_optimizer() -> None:
     assert isinstance(precision.build_optimizer(TINY), keras.optimizers.LossScaleOptimizer)
 
 
-# -- training ----------------------------------------------------------------------------------
-
-
-Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-
-
-def recipe_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Step:
-    """The training step exactly as precision.py's docstring tells a custom loop to write it."""
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer.build(model.trainable_variables)
-
-    def step(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(masks, model(images, training=True))
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
-
-    compiled: Step = tf.function(step)
-    return compiled
-
-
-def pets(count: int, size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """A fixed batch of synthetic pets, decoded by the trainer's own pipeline code."""
-    decoded = [pipeline.decode_example(tf.constant(wire.encode(r, 0)), size)
-               for r in generate(count, seed=5, min_size=48, max_size=64)]
-    images = tf.stack([d["image"] for d in decoded])
-    masks = tf.stack([d["mask"] for d in decoded])
-    return tf.cast(images, tf.float32) / 255.0, masks
-
-
-def test_a_float16_step_whose_gradients_overflow_is_skipped_without_touching_the_weights() -> None:
-    policy = precision.apply("mixed_float16")
-    model = build_unet(16, TINY)
-    optimizer = precision.build_optimizer(TINY, policy)
-    step = recipe_step(model, optimizer)
-    images, masks = pets(2, 16)
-    # A scale of 2**60 keeps the scaled loss finite in float32, but the gradient entering the
-    # first float16 layer (~2**60 / pixels) is far above float16's maximum of 65504: inf.
-    optimizer.dynamic_scale.assign(2.0**60)
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    loss = step(images, masks)
-    assert np.isfinite(float(loss))
-    assert float(optimizer.dynamic_scale.numpy()) == 2.0**59  # halved for the next try
-    assert int(optimizer.iterations.numpy()) == 0  # Adam never saw the step
-    for old, var in zip(before, model.trainable_variables, strict=True):
-        np.testing.assert_array_equal(old, var.numpy(), err_msg=var.path)
-    # The same step at a sane scale does update the weights: the comparison above can fail.
-    optimizer.dynamic_scale.assign(2.0**8)
-    step(images, masks)
-    assert int(optimizer.iterations.numpy()) == 1
-    assert any(not np.array_equal(old, var.numpy()) for old, var in zip(before, model.trainable_variables,
-                                                                          strict=True))
-    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
-
-
-def test_a_bfloat16_training_step_reduces_the_loss_on_a_fixed_batch() -> None:
-    policy = precision.apply("mixed_bfloat16")
-    keras.utils.set_random_seed(1)
-    model = build_unet(32, TINY)
-    step = recipe_step(model, precision.build_optimizer(TINY, policy))
-    images, masks = pets(8, 32)
-    losses = [float(step(images, masks)) for _ in range(25)]
-    assert all(np.isfinite(losses))
-    assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
+# Training in each precision runs the project's own replica step: tests/test_step.py.

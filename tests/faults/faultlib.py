@@ -153,7 +153,7 @@ class Rig:
             "trainer": {
                 "source": {"group_id": self.group, "poll_timeout_ms": 500},
                 "pipeline": {"image_size": 32, "batch_size": BATCH, "shuffle_buffer": SHUFFLE},
-                "model": {"base_filters": 4, "depth": 2},
+                "model": {"base_filters": 4, "depth": 2, "precision": "mixed_bfloat16"},  # named, not the host's
                 "loop": {"eval_every_steps": 0, "eval_wait_s": 0, "log_every_s": 2,
                          "snapshot_dir": str(self.tmp / "snapshots")},
                 "checkpoint": {"dir": str(self.checkpoint_dir), "export_dir": str(self.tmp / "export"),
