@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import ConfigResource, ResourceType
-from faultlib import Rig, latest_checkpoint, make_rig, missing_offsets, read_partition, read_trained, trained_counts
+from faultlib import (
+    Rig,
+    latest_checkpoint,
+    log_ends,
+    make_rig,
+    missing_offsets,
+    read_partition,
+    read_trained,
+    trained_counts,
+)
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
@@ -160,26 +169,39 @@ def test_training_goes_on_without_skipping_when_its_partition_leader_is_killed(
     rig.wait_until(lambda: len(read_trained(trained)) >= 40, 240, "40 trained messages", alive=(trainer, producer))
 
     node = whole.leader(rig.topic, 0) if victim == "leader" else _coordinator(whole.bootstrap, rig.group)
-    before = len(read_trained(trained))
+    end_at_kill = log_ends(whole.bootstrap, rig.topic)[0]
     whole.kill(node)
     killed_at = time.monotonic()
-    rig.wait_until(lambda: len(read_trained(trained)) >= before + 60, 240,
-                   f"60 more trained messages after the {victim} was killed", alive=(trainer, producer))
-    print(f"killed node {node} ({victim}); 60 more messages trained {time.monotonic() - killed_at:.1f} s later")
+
+    def partition_0_passed_its_end_at_kill() -> bool:
+        trained_0 = {(p, o) for p, o, _ in read_trained(trained) if p == 0}
+        return not missing_offsets(trained_0, {0: end_at_kill + 1})  # up to the first message after the kill
+
+    # Partition 0 itself (the one whose leader died, or any one when the coordinator did) must
+    # train on past what it held at the kill: partition 1 alone moving proves nothing.
+    rig.wait_until(partition_0_passed_its_end_at_kill, 240,
+                   f"partition 0 trained past its log end at the kill ({end_at_kill})", alive=(trainer, producer))
+    print(f"killed node {node} ({victim}); partition 0 trained past offset {end_at_kill} "
+          f"{time.monotonic() - killed_at:.1f} s later")
     whole.start_node(node)
+    assert producer.stop() == 0, rig.logs()
+    ends = log_ends(whole.bootstrap, rig.topic)
+
+    def everything_trained() -> bool:
+        return not missing_offsets(trained_counts(trained), ends)
+
+    rig.wait_until(everything_trained, 240, f"every message up to the log ends {ends} trained", alive=(trainer,))
     c = Cluster(KafkaConfig(bootstrap_servers=whole.bootstrap), group_id=rig.group)
     try:
         # The killed node may have been the group's coordinator: the trainer's membership moves
         # with it, and its commits must catch up by themselves (it rejoins), not only at the next run.
-        rig.wait_until(lambda: sum(c.committed(rig.topic, [0, 1]).values()) >= before + 60, 120,
-                       "the group commits to pass what was trained when the leader was killed",
-                       alive=(trainer, producer))
-        assert producer.stop() == 0, rig.logs()
+        rig.wait_until(lambda: c.committed(rig.topic, [0, 1]) == ends, 120,
+                       f"the group's commits to reach the log ends {ends}", alive=(trainer,))
         assert trainer.stop() == 0, rig.logs()
         committed = c.committed(rig.topic, [0, 1])
     finally:
         c.close()
-    counts = trained_counts(trained)
     final = latest_checkpoint(rig.checkpoint_dir)
-    assert final is not None and committed == final.positions, (committed, final)
-    assert not missing_offsets(counts, committed), f"skipped offsets below the committed ones {committed}"
+    assert final is not None and final.positions == ends == committed, (final, ends, committed)
+    for p, end in ends.items():
+        assert {o for q, o, _ in read_trained(trained) if q == p} == set(range(end)), f"partition {p}"
