@@ -59,9 +59,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    """Every check ``run`` makes before it connects, through the same functions, and nothing that connects."""
     from stream_trainer import config
+    from stream_trainer.kafka import security
 
     settings = config.load(args.file)
+    security.check(settings.kafka)
     workers = len(settings.trainer.cluster.workers) or 1
     print(f"{args.file}: valid (topic {settings.topics.train}, bootstrap {settings.kafka.bootstrap_servers}, "
           f"worker {settings.trainer.cluster.index} of {workers})")

@@ -3,6 +3,7 @@ plaintext listener can show. The SASL_SSL failures are in ``tests/faults/test_se
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthenticationError, BrokerUnavailableError, ConfigError
 from stream_trainer.kafka import preflight
+from stream_trainer.kafka.cluster import _ReconnectChatter
 from stream_trainer.workbench.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +86,42 @@ def test_settings_librdkafka_refuses_are_a_config_error_without_secrets(tmp_path
     message = str(info.value)
     assert message.startswith("librdkafka refused the kafka.client settings: ") and "ssl.ca.location" in message
     assert "pw-never-shown" not in message
+
+
+def _record(text: str) -> logging.LogRecord:
+    return logging.LogRecord("librdkafka", logging.ERROR, __file__, 0, "%s", (text,), None)
+
+
+def test_a_security_line_from_long_lived_clients_is_shown_once_not_at_every_reconnect() -> None:
+    """librdkafka repeats "SSL handshake failed" at each reconnect, from each client, with a new timing."""
+    chatter = _ReconnectChatter()
+    line = ("FAIL [rdkafka#consumer-{n}] sasl_ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: "
+            "error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, "
+            "verify that ssl.ca.location is correctly configured or root CA certificates are installed "
+            "(after {ms}ms in state SSL_HANDSHAKE{more})")
+    shown = [chatter.filter(_record(line.format(n=n, ms=n * 3, more=", 1 identical error(s) suppressed" if n else "")))
+             for n in range(10)]
+    assert shown == [True] + [False] * 9
+    other = "FAIL [rdkafka#producer-2] sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: bad password"
+    assert chatter.filter(_record(other)), "a different problem is shown"
+    assert not chatter.filter(_record("Connect to ipv4#127.0.0.1:9093 failed: Connection refused")), "chatter"
+    assert chatter.filter(_record("Metadata for topic t: Unknown topic or partition")), "everything else is shown"
+
+
+def test_a_security_line_is_shown_again_after_the_repeat_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    chatter = _ReconnectChatter()
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    text = "FAIL [rdkafka#consumer-1] ssl://b:9093/1: SSL handshake failed (after 1ms in state SSL_HANDSHAKE)"
+    assert chatter.filter(_record(text))
+    now[0] += chatter.REPEAT_S - 1
+    assert not chatter.filter(_record(text))
+    now[0] += 2
+    assert chatter.filter(_record(text))
+
+
+def test_remembered_security_lines_are_bounded() -> None:
+    chatter = _ReconnectChatter()
+    for n in range(1000):
+        chatter.filter(_record(f"SSL handshake failed at broker {n}"))
+    assert len(chatter._shown) == chatter._REMEMBERED

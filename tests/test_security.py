@@ -18,7 +18,7 @@ import pytest
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import ConfigError
-from stream_trainer.kafka import client_config, properties, security
+from stream_trainer.kafka import client_config, properties, security, tfio_librdkafka, values_1_5
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Sup3r-s3cret-pw"
@@ -310,3 +310,121 @@ def _env_without_tf_level() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+# --- values: asked of the librdkafka 1.5.0 inside tensorflow-io ---------------------------------
+
+BAD_VALUES = [
+    # (key, value, librdkafka 1.5.0's own reason), one per kind of rule: a debug context 1.5.0 does
+    # not have, an enum value it does not have, a number that is not one, a number out of range.
+    ("debug", "security,conf,broker", 'Invalid value "conf" for configuration property "debug"'),
+    ("isolation.level", "read_commited", 'Invalid value "read_commited" for configuration property "isolation.level"'),
+    ("fetch.max.bytes", "lots", 'Invalid value for configuration property "fetch.max.bytes"'),
+    ("queued.min.messages", "0", 'Configuration property "queued.min.messages" value 0 is outside allowed range'),
+]
+
+
+def value_refusal(config: KafkaConfig) -> str:
+    with pytest.raises(ConfigError) as info:
+        security.check_values(config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert SECRET not in message
+    return message
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), BAD_VALUES)
+def test_a_value_tfios_librdkafka_refuses_is_refused_naming_the_key_and_its_reason(
+        key: str, value: str, reason: str) -> None:
+    message = value_refusal(sasl_ssl(**{key: value}))
+    assert message.startswith(f"config key 'kafka.client.{key}' has a value that tensorflow-io's librdkafka "
+                              f"1.5.0 refuses: "), message
+    assert reason in message, message
+
+
+def test_values_tfios_librdkafka_takes_pass() -> None:
+    security.check_values(sasl_ssl(**{"debug": "security,broker,protocol", "isolation.level": "read_committed",
+                                      "fetch.max.bytes": "52428800", "queued.min.messages": "1000",
+                                      "socket.keepalive.enable": "true", "client.id": "trainer-0"}))
+
+
+def test_the_library_is_really_asked() -> None:
+    """The check above must come from tensorflow-io's librdkafka, not from the fallback table."""
+    asked = tfio_librdkafka.refusals({"debug": "conf", "client.id": "x"})
+    assert asked is not None, "tensorflow-io's librdkafka could not be asked"
+    version, refused = asked
+    assert version == "1.5.0"
+    assert refused == {"debug": 'Invalid value "conf" for configuration property "debug"'}
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), BAD_VALUES)
+def test_without_the_library_the_1_5_value_rules_refuse_the_same_values(
+        key: str, value: str, reason: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tfio_librdkafka, "refusals", lambda settings: None)
+    message = value_refusal(sasl_ssl(**{key: value}))
+    assert message.startswith(f"config key 'kafka.client.{key}' has a value that tensorflow-io's librdkafka "
+                              f"1.5.0 refuses: "), message
+    security.check_values(sasl_ssl(**{"debug": "security,broker", "isolation.level": "read_committed"}))
+
+
+def test_the_1_5_value_rules_agree_with_the_library_on_every_rule() -> None:
+    """The fallback table is generated from the library; this keeps it from drifting from it."""
+    keys = [*values_1_5.INTEGER, *values_1_5.BOOLEAN, *values_1_5.ENUM, *values_1_5.FLAGS, *values_1_5.REFUSED]
+    cases = [(key, value) for key in keys for value in values_1_5.examples(key)]
+    assert len(cases) > 500
+    disagree = []
+    for round_ in range(max(len(values_1_5.examples(k)) for k in keys)):  # one child per round: keys are unique
+        batch = {k: values_1_5.examples(k)[round_] for k in keys if round_ < len(values_1_5.examples(k))}
+        asked = tfio_librdkafka.refusals(batch)
+        assert asked is not None, "tensorflow-io's librdkafka could not be asked"
+        for key, value in batch.items():
+            library = " ".join(asked[1][key].split()) if key in asked[1] else None
+            if library != values_1_5.problem(key, value):
+                disagree.append((key, value, library, values_1_5.problem(key, value)))
+    assert not disagree, disagree
+
+
+# --- check-config: every check run makes before it connects ---------------------------------
+
+def check_config(tmp_path: Path, client: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import yaml
+
+    path = tmp_path / "trainer.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": "127.0.0.1:1", "client": client}}))
+    return subprocess.run([sys.executable, "-m", "stream_trainer.cli", "check-config", str(path)], cwd=ROOT,
+                          env={**_env_without_tf_level(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+SCRAM = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "trainer",
+         "sasl.password": SECRET}
+
+
+@pytest.mark.parametrize(("client", "key"), [
+    ({**SCRAM, "sasl.mechanism": "GSSAPI"}, "sasl.mechanism"),
+    ({**SCRAM, "sasl.password": "with=equals"}, "sasl.password"),
+    ({**SCRAM, "ssl.endpoint.identification.algorithm": "https"}, "ssl.endpoint.identification.algorithm"),
+    ({**SCRAM, "debug": "security,conf,broker"}, "debug"),
+    ({**SCRAM, "isolation.level": "read_commited"}, "isolation.level"),
+    ({**SCRAM, "fetch.max.bytes": "lots"}, "fetch.max.bytes"),
+])
+def test_check_config_refuses_what_run_refuses_before_connecting(
+        tmp_path: Path, client: dict[str, str], key: str) -> None:
+    proc = check_config(tmp_path, client)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and not proc.stdout, proc.stdout + proc.stderr
+    assert lines[0].startswith(f"stream-trainer: error: config key 'kafka.client.{key}' "), lines[0]
+    assert SECRET not in proc.stderr and "with=equals" not in proc.stderr
+
+
+def test_check_config_passes_settings_run_takes(tmp_path: Path) -> None:
+    proc = check_config(tmp_path, {**SCRAM, "debug": "security,broker", "isolation.level": "read_committed"})
+    assert proc.returncode == 0, proc.stderr
+    assert ": valid (" in proc.stdout
+
+
+def test_a_number_with_a_unit_is_refused_though_librdkafka_would_read_its_digits() -> None:
+    message = value_refusal(sasl_ssl(**{"fetch.max.bytes": "50MB"}))
+    assert message.startswith("config key 'kafka.client.fetch.max.bytes' must be a whole number "
+                              "(librdkafka would read '50MB' as 50)"), message

@@ -8,10 +8,12 @@ librdkafka side that does the bookkeeping tfio's bundled librdkafka 1.5.0 cannot
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,15 +31,36 @@ T = TypeVar("T")
 class _ReconnectChatter(logging.Filter):
     """Drops librdkafka's reconnect chatter, many lines a second while a broker is away (our own
     errors say once what is wrong), and passes everything else: authentication, TLS and
-    configuration problems are never hidden."""
+    configuration problems are never hidden, but each is shown once per ``REPEAT_S``, not at every
+    reconnect (a revoked certificate would otherwise log the same handshake failure for ever)."""
 
     _CHATTER = ("Connection refused", "Connect to ", "Disconnected", "brokers are down", "transport failure",
                 "Receive failed", "Send failed", "Timed out", "timed out")
     _NEVER_HIDDEN = ("SASL", "SSL", "uthenticat", "certificate", "handshake", "onfiguration")
+    REPEAT_S = 300.0
+    _REMEMBERED = 64  # distinct problems remembered at once; the oldest is forgotten first
+    # What differs between two reports of one problem: the client's name, the timing suffix.
+    _VARYING = re.compile(r"\[rdkafka#\w+-\d+\]|\s*\(after \d+ms.*$|\s*\(\d+ identical error\(s\) suppressed\)")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._shown: OrderedDict[str, float] = OrderedDict()
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        return any(k in text for k in self._NEVER_HIDDEN) or not any(n in text for n in self._CHATTER)
+        if not any(k in text for k in self._NEVER_HIDDEN):
+            return not any(n in text for n in self._CHATTER)
+        key, now = self._VARYING.sub("", text), time.monotonic()
+        with self._lock:
+            shown = self._shown.get(key)
+            if shown is not None and now - shown < self.REPEAT_S:
+                return False
+            self._shown[key] = now
+            self._shown.move_to_end(key)
+            while len(self._shown) > self._REMEMBERED:
+                self._shown.popitem(last=False)
+        return True
 
 
 # The logger every confluent-kafka client of ours hands librdkafka's log lines to.
@@ -55,15 +78,21 @@ _RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRES
 _REJOINING = {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
 
 
+def one_line(text: object) -> str:
+    """``text`` with its line breaks (and runs of blanks) made single spaces: every reason librdkafka or
+    a broker gives goes into a one-line error whole, never cut to its first line."""
+    return " ".join(str(text).split())
+
+
 def _reason(exc: KafkaException) -> str:
     err = exc.args[0] if exc.args else None
-    return err.str() if isinstance(err, KafkaError) else str(exc)
+    return one_line(err.str() if isinstance(err, KafkaError) else exc)
 
 
 def _creation_error(topic: str, replication_factor: int, exc: KafkaException, kafka: KafkaConfig) -> StreamTrainerError:
     """One line for a topic creation the cluster refused, naming the setting to change."""
     err = exc.args[0]
-    code, reason = err.code(), err.str().rstrip(".")
+    code, reason = err.code(), one_line(err.str()).rstrip(".")
     where = kafka.bootstrap_servers
     if code == KafkaError.INVALID_REPLICATION_FACTOR:
         asked = "the cluster's default.replication.factor" if replication_factor == -1 else str(replication_factor)
@@ -102,7 +131,7 @@ def _retry(what: str, call: Callable[[], T], timeout_s: float, retriable: frozen
             err = exc.args[0] if exc.args else None
             code = err.code() if isinstance(err, KafkaError) else None
             if code not in retriable or time.monotonic() >= deadline:
-                msg = f"{what} failed: {err}"
+                msg = f"{what} failed: {one_line(err)}"
                 raise BrokerUnavailableError(msg) from exc
             pause()
 
@@ -122,8 +151,7 @@ def _create(kind: Any, conf: dict[str, Any]) -> Any:
     try:
         return kind(conf)
     except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        msg = f"config key 'kafka.client': librdkafka refuses the settings ({getattr(err, 'str', lambda: err)()})"
+        msg = f"config key 'kafka.client': librdkafka refuses the settings ({_reason(exc)})"
         raise ConfigError(msg) from exc
 
 
@@ -131,6 +159,33 @@ def _create(kind: Any, conf: dict[str, Any]) -> Any:
 class Watermarks:
     low: int
     high: int
+
+
+class _Scan:
+    """The one consumer loop behind every re-read: one partition's messages in offset order."""
+
+    def __init__(self, reader: Consumer, topic: str, partition: int) -> None:
+        self.reader = reader
+        self.topic = topic
+        self.partition = partition
+        self.timed_out = False
+
+    def messages(self, timeout_s: float) -> Iterator[Message]:
+        """Each message from the position on, until the log end; ``timed_out`` tells when time ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            msg = self.reader.poll(0.5)
+            if msg is None:
+                continue
+            if (err := msg.error()) is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return  # the rest is beyond the log end
+                continue
+            yield msg
+        self.timed_out = True
+
+    def seek(self, offset: int) -> None:
+        self.reader.seek(TopicPartition(self.topic, self.partition, offset))
 
 
 class Cluster:
@@ -186,9 +241,9 @@ class Cluster:
                 if md.brokers:
                     return
             except KafkaException as exc:
-                last = str(exc.args[0]) if exc.args else str(exc)
+                last = one_line(exc.args[0] if exc.args else exc)
             if time.monotonic() >= deadline:
-                detail = last or (self._errors[-1] if self._errors else "no answer")
+                detail = last or (one_line(self._errors[-1]) if self._errors else "no answer")
                 msg = (f"Kafka broker unreachable at {self.kafka.bootstrap_servers} after {timeout:.0f} s "
                        f"({detail}); check kafka.bootstrap_servers or KAFKA_BOOTSTRAP")
                 raise BrokerUnavailableError(msg)
@@ -203,7 +258,7 @@ class Cluster:
                    f"(pet-producer does, with topics.partitions) or fix the topics.* config keys")
             raise ConfigError(msg)
         if tmd.error is not None:
-            msg = f"metadata for topic '{topic}' failed: {tmd.error}"
+            msg = f"metadata for topic '{topic}' failed: {one_line(tmd.error)}"
             raise BrokerUnavailableError(msg)
         return sorted(tmd.partitions)
 
@@ -340,69 +395,57 @@ class Cluster:
         """Messages with start <= offset < end (those that still exist), for re-reading skipped ones."""
         if end <= start:
             return []
-        reader = Consumer(client_config(
-            self.kafka, **{"group.id": f"{self.group_id}-reread", "enable.auto.commit": False,
-                           "auto.offset.reset": "earliest", "enable.partition.eof": True},
-        ))
-        try:
-            reader.assign([TopicPartition(topic, partition, start if start >= 0 else OFFSET_BEGINNING)])
-            out: list[Message] = []
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                msg = reader.poll(0.5)
-                if msg is None:
-                    continue
-                if (err := msg.error()) is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return out
-                    continue
+        out: list[Message] = []
+        with self._reread(topic, partition, start if start >= 0 else OFFSET_BEGINNING) as scan:
+            for msg in scan.messages(timeout_s):
                 if offset_of(msg) >= end:
                     return out
                 if offset_of(msg) >= start:
                     out.append(msg)
+        if scan.timed_out:
             msg_ = f"re-reading {topic}[{partition}] offsets {start}..{end - 1} timed out"
             raise BrokerUnavailableError(msg_)
-        finally:
-            reader.close()
+        return out
 
     def read_offsets(self, topic: str, partition: int, offsets: Iterable[int], timeout_s: float = 30.0,
                      max_gap: int = 200) -> dict[int, Message]:
         """The messages at ``offsets`` of one partition that still exist, with one consumer.
 
         Wanted offsets close together are read in one sequential pass; a gap of more than
-        ``max_gap`` messages is skipped with a seek (sparse members of a replay store).
+        ``max_gap`` messages is skipped with a seek (sparse members of a replay store). What
+        time runs out on is left out, like what no longer exists.
         """
         wanted = sorted(set(offsets))
         if not wanted:
             return {}
-        reader = Consumer(client_config(
-            self.kafka, **{"group.id": f"{self.group_id}-reread", "enable.auto.commit": False,
-                           "auto.offset.reset": "earliest", "enable.partition.eof": True},
-        ))
         found: dict[int, Message] = {}
-        try:
-            i = 0
-            deadline = time.monotonic() + timeout_s
-            reader.assign([TopicPartition(topic, partition, wanted[0])])
-            while i < len(wanted) and time.monotonic() < deadline:
-                msg = reader.poll(0.5)
-                if msg is None:
-                    continue
-                if (err := msg.error()) is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        break  # the rest is beyond the log end
-                    continue
+        i = 0
+        with self._reread(topic, partition, wanted[0]) as scan:
+            for msg in scan.messages(timeout_s):
                 offset = offset_of(msg)
                 while i < len(wanted) and wanted[i] < offset:
                     i += 1  # deleted by retention (or compacted away)
                 if i < len(wanted) and wanted[i] == offset:
                     found[offset] = msg
                     i += 1
-                if i < len(wanted) and wanted[i] - offset > max_gap:
-                    reader.seek(TopicPartition(topic, partition, wanted[i]))
+                if i == len(wanted):
+                    break
+                if wanted[i] - offset > max_gap:
+                    scan.seek(wanted[i])
+        return found
+
+    @contextmanager
+    def _reread(self, topic: str, partition: int, start: int) -> Iterator[_Scan]:
+        """A throwaway consumer positioned at ``start`` of one partition, closed on leaving."""
+        reader = Consumer(client_config(
+            self.kafka, **{"group.id": f"{self.group_id}-reread", "enable.auto.commit": False,
+                           "auto.offset.reset": "earliest", "enable.partition.eof": True},
+        ))
+        try:
+            reader.assign([TopicPartition(topic, partition, start)])
+            yield _Scan(reader, topic, partition)
         finally:
             reader.close()
-        return found
 
     def close(self) -> None:
         if self._producer is not None:

@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError, ConfigError
 from stream_trainer.kafka import listener
-from stream_trainer.kafka.cluster import RDKAFKA_LOG, client_config
+from stream_trainer.kafka.cluster import client_config, one_line
 from stream_trainer.kafka.security import redact, secret_values
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,25 @@ log = logging.getLogger(__name__)
 PROBE_AFTER_S = 1.0
 # The watchdog's second look after a security failure comes this much later (or sooner).
 RECHECK_S = 5.0
+
+
+class _AtDebug:
+    """Hands librdkafka's log lines from preflight's own clients to ``logger`` at DEBUG.
+
+    A failing check makes librdkafka log the same "SSL handshake failed" or "Authentication
+    failed" line at every reconnect, up to ten before the check gives up; the error the check
+    raises says it once, classified. So these lines are there for ``--log-level DEBUG`` only.
+    confluent-kafka calls ``log(level, fmt, *args)`` on whatever object ``logger`` is.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self.logger.debug(msg, *args)
+
+
+PREFLIGHT_RDKAFKA_LOG = _AtDebug(logging.getLogger("librdkafka.preflight"))
 
 
 @dataclass
@@ -64,7 +83,7 @@ def _who(kafka: KafkaConfig) -> str:
 
 def _detail(text: str, kafka: KafkaConfig) -> str:
     """librdkafka's error text, trimmed of its address prefix and timing suffix, secrets removed."""
-    text = re.sub(r"^\S*/(?:bootstrap|\d+): ", "", text)
+    text = re.sub(r"^\S*/(?:bootstrap|\d+): ", "", one_line(text))
     text = text.split(" (after ")[0]
     return redact(text, secret_values(kafka))
 
@@ -74,10 +93,10 @@ def _detail(text: str, kafka: KafkaConfig) -> str:
 def _admin(kafka: KafkaConfig, **extra: object) -> AdminClient:
     """A fresh admin client; ConfigError when librdkafka refuses the settings (a bad CA file, a bad value)."""
     try:
-        return AdminClient(client_config(kafka, logger=RDKAFKA_LOG, **extra))
+        return AdminClient(client_config(kafka, logger=PREFLIGHT_RDKAFKA_LOG, **extra))
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
-        detail = err.str() if isinstance(err, KafkaError) else str(exc)
+        detail = one_line(err.str() if isinstance(err, KafkaError) else exc)
         msg = f"librdkafka refused the kafka.client settings: {redact(detail, secret_values(kafka))}"
         raise ConfigError(msg) from exc
 

@@ -9,7 +9,9 @@ decided here, before any client connects; ``preflight.check`` decides the rest a
 cluster with confluent-kafka.
 
 Call order at start (``cli._cmd_run``, right after ``config.load``, before TensorFlow loads):
-``guard_secrets(kafka)``, ``check(kafka)``, ``preflight.check(kafka, topic)``.
+``guard_secrets(kafka)``, ``check(kafka)``, ``preflight.check(kafka, topic)``. ``check`` is every
+check that needs no broker, and ``stream-trainer check-config`` calls it too: one function, so
+the two cannot disagree on a setting.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import ConfigError
 from stream_trainer.kafka import properties as props
+from stream_trainer.kafka import tfio_librdkafka, values_1_5
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +149,36 @@ PATH_KEYS = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location", 
              "ssl.crl.location")
 
 
+def check_values(kafka: KafkaConfig) -> None:
+    """Refuse, naming the key and librdkafka's reason, a value tensorflow-io's librdkafka 1.5.0 would refuse.
+
+    Asked of that library itself (``tfio_librdkafka``); where it cannot be asked, 1.5.0's value
+    rules in ``values_1_5`` decide. Secret values are not checked: librdkafka takes any string.
+    """
+    settings = dict(p.split("=", 1) for p in tfio_properties(kafka)[len(TFIO_FIXED):])
+    settings = {k: v for k, v in settings.items() if not is_secret(k)}
+    asked = tfio_librdkafka.refusals(settings)
+    if asked is None:
+        log.debug("tensorflow-io's librdkafka could not be asked about kafka.client values; checked against "
+                 "librdkafka 1.5.0's value rules instead")
+        refused = {k: why for k, v in settings.items() if (why := values_1_5.problem(k, v))}
+        version = "1.5.0"
+    else:
+        version, refused = asked
+    for key, value in settings.items():
+        if key in refused:
+            reason = redact(" ".join(refused[key].split()), secret_values(kafka))
+            raise _refuse(key, f"has a value that tensorflow-io's librdkafka {version or '1.5.0'} refuses: {reason}")
+        if key in values_1_5.INTEGER and not re.fullmatch(r"[+-]?\d+", value.strip()):
+            # librdkafka reads the leading digits and drops the rest: "50MB" would be 50 bytes.
+            read_as = values_1_5.strtol_as_int(value)
+            raise _refuse(key, f"must be a whole number (librdkafka would read '{value}' as {read_as}); "
+                               f"write the number alone, in the unit the name says")
+
+
 def check(kafka: KafkaConfig) -> None:
-    """Every start-time check on ``kafka.client``: raise ConfigError, or log what is risky but allowed."""
+    """Every start-time check on ``kafka.client`` that needs no broker: raise ConfigError, or log what is
+    risky but allowed. ``stream-trainer run`` and ``check-config`` both call this one function."""
     tfio_properties(kafka)
     for key in PATH_KEYS:
         path = kafka.client.get(key)
@@ -165,6 +196,7 @@ def check(kafka: KafkaConfig) -> None:
     if client.get("security.protocol") == "sasl_plaintext" and client.get("sasl.mechanism",
                                                                            client.get("sasl.mechanisms")) == "plain":
         log.warning("SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted; use SASL_SSL")
+    check_values(kafka)
 
 
 # --- keeping secrets out of logs -------------------------------------------------------------
