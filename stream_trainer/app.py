@@ -98,9 +98,11 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     tcfg, topics = settings.trainer, settings.topics
     writable.check(settings)  # before anything starts (the CLI checks before TensorFlow loads, too)
     threads = Threads()
-    with ExitStack() as resources, _signals_set(stop, handle_signals):
-        # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs.
+    with ExitStack() as resources:
+        # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs, and
+        # our signal handlers after it: it installs its own for SIGTERM (a preemption notifier).
         workers = make_workers(tcfg.cluster)
+        resources.enter_context(_signals_set(stop, handle_signals))
         resources.callback(_serve_metrics(settings, workers))
         lock = DirectoryLock(tcfg.checkpoint.dir)
         resources.callback(lock.release)  # after the cluster closed: a successor finds the group free too
