@@ -160,8 +160,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         resources.callback(_close_dead_letters, dead_letters)
         committer.start(threads)
         resources.callback(_close_committer, committer, workers.is_chief)
-        inputs.start()
         resources.callback(stop.set)  # first on the way out: readers, feeder and watcher end
+        inputs.start()
         summary = loop.run()
     log.info("trainer stopped: %s", summary)
     if not summary.final_checkpoint_ok:
