@@ -11,13 +11,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import keras
 
 from stream_trainer import metrics
 from stream_trainer.config import CheckpointConfig, Settings
-from stream_trainer.errors import CheckpointError, ConfigError, StreamTrainerError
+from stream_trainer.errors import CheckpointError, ConfigError
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inputs import Inputs, start_offsets
 from stream_trainer.ingest.source import assigned_partitions
@@ -33,13 +33,19 @@ from stream_trainer.loop.train_loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.quality.deadletter import DeadLetterWorker
 from stream_trainer.quality.evaluate import EvalResult, Evaluator, read_eval_messages
 from stream_trainer.serve.export import Exporter
-from stream_trainer.state.checkpoint import CheckpointStore
+from stream_trainer.state import leftovers, writable
+from stream_trainer.state.checkpoint import CheckpointStore, Restored
 from stream_trainer.state.committer import Committer
 from stream_trainer.state.ownership import DirectoryLock, claim
 from stream_trainer.state.progress import OffsetTracker
 from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
+
+# How often the security watchdog re-checks the cluster on fresh connections (docs/operations.md).
+WATCHDOG_INTERVAL_S = 30.0
+# Bound on each background part's close at shutdown (docs/operations.md: how long a stop takes).
+_CLOSE_S = 5.0
 
 
 @contextmanager
@@ -80,55 +86,119 @@ def _my_partitions(cluster: Cluster, settings: Settings, workers: Workers) -> tu
 
 def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
                 handle_signals: bool = False) -> RunSummary:
-    """Train until ``stop`` is set, a signal arrives, or a configured limit is reached."""
+    """Train until ``stop`` is set, a signal arrives, a configured limit is reached or a part fails.
+
+    The parts are built in the order the data flows; each registers its close with one
+    ``ExitStack`` as it is built, so whatever ends the run (a stop, a limit, an exception from any
+    line below) closes them in reverse, each bounded, and releases the checkpoint directory.
+    ``stop`` is the only stop signal. The parts that must outlive the loop's stop (the final dead
+    letters, the final commit) are closed explicitly, after it.
+    """
     stop = stop or threading.Event()
     tcfg, topics = settings.trainer, settings.topics
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs.
-    workers = make_workers(tcfg.cluster)
+    writable.check(settings)  # before anything starts (the CLI checks before TensorFlow loads, too)
+    threads = Threads()
+    with ExitStack() as resources:
+        # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs, and
+        # our signal handlers after it: it installs its own for SIGTERM (a preemption notifier).
+        workers = make_workers(tcfg.cluster)
+        resources.enter_context(_signals_set(stop, handle_signals))
+        resources.callback(_serve_metrics(settings, workers))
+        lock = DirectoryLock(tcfg.checkpoint.dir)
+        resources.callback(lock.release)  # after the cluster closed: a successor finds the group free too
+        cluster = Cluster(settings.kafka, group_id=tcfg.source.group_id)
+        resources.callback(cluster.close)
+        cluster.wait_until_reachable()
+        partitions, partition_count = _my_partitions(cluster, settings, workers)
+        cluster.ensure_topics({topics.dead_letter: 1}, topics.replication_factor)
+
+        policy = precision.apply(tcfg.model.precision)
+        # The chief owns the checkpoint directory and the group before it restores anything, so a
+        # newer copy (rolling update) takes over from the older one's last checkpoint.
+        if workers.is_chief:
+            if not claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop):
+                return RunSummary(stopped_by="signal")
+            leftovers.remove_abandoned_writes(tcfg.checkpoint.dir)
+        with workers.scope():
+            model = build_unet(tcfg.pipeline.image_size, tcfg.model)
+            optimizer = build_optimizer(scaled_learning_rate(tcfg.model, tcfg.cluster, workers.count))
+        store = CheckpointStore(tcfg.checkpoint, model, optimizer, topics.train, workers, tcfg.cluster.scratch_dir)
+        resources.callback(store.close)
+        restored = store.restore()
+        if restored:
+            log.info("restored %s at step %d", restored.path, restored.step)
+        replay = _replay_store(settings, workers, cluster, restored, partitions)
+
+        starts = start_offsets(cluster, settings, partitions, restored.offsets if restored else {})
+        tracker = OffsetTracker(starts)
+        batch = tcfg.pipeline.batch_size
+        fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
+        inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
+                        partition_count)
+        workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
+                             tcfg.pipeline.image_size)
+        # Its own event, not ``stop``: it must still deliver the final holes after the loop stopped.
+        dead_letters = DeadLetterWorker(cluster, topics.dead_letter, threading.Event())
+        committer = Committer(cluster, topics.train, tracker.positions)
+        # tfio waits forever on revoked credentials or an untrusted certificate: a confluent-kafka
+        # check every 30 s turns them into a clear error and a stop (kafka/preflight.py).
+        watchdog = preflight.Watchdog(settings.kafka, topics.train, interval_s=WATCHDOG_INTERVAL_S,
+                                      group=tcfg.source.group_id)
+        parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
+                                                           tcfg.pipeline.image_size),
+                          replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
+                          evaluator=_evaluator_factory(settings, cluster, model, dead_letters),
+                          export=_exporter(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
+                          inputs=inputs, stop=stop, threads=threads)
+        loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
+                         start_step=restored.step if restored else 0)
+
+        # Threads start last, once everything they feed exists; closed in reverse when the run ends.
+        watchdog.start(threads)
+        resources.callback(watchdog.stop, 0)  # a check in flight may take the connect timeout: not waited for
+        dead_letters.start()
+        resources.callback(_close_dead_letters, dead_letters)
+        committer.start(threads)
+        resources.callback(_close_committer, committer, workers.is_chief)
+        resources.callback(stop.set)  # first on the way out: readers, feeder and watcher end
+        inputs.start()
+        summary = loop.run()
+    log.info("trainer stopped: %s", summary)
+    if not summary.final_checkpoint_ok:
+        msg = (f"the final checkpoint at step {summary.step} could not be written (see the error above); the last "
+               f"good checkpoint is at step {store.last_saved_step} and a restart resumes there")
+        raise CheckpointError(msg)
+    return summary
+
+
+def _serve_metrics(settings: Settings, workers: Workers) -> Callable[[], None]:
+    """Start /metrics; return what stops it. A port in use is a config error naming the key."""
+    cfg = settings.trainer.metrics
     try:
-        metrics.serve(tcfg.metrics.host, tcfg.metrics.port, workers.index)
+        return metrics.serve(cfg.host, cfg.port, workers.index)
     except OSError as exc:
-        where = f"{tcfg.metrics.host}:{tcfg.metrics.port}"
-        msg = f"config key 'trainer.metrics.port': cannot listen on {where} ({exc.strerror})"
+        msg = f"config key 'trainer.metrics.port': cannot listen on {cfg.host}:{cfg.port} ({exc.strerror})"
         raise ConfigError(msg) from exc
 
-    cluster = Cluster(settings.kafka, group_id=tcfg.source.group_id)
-    cluster.wait_until_reachable()
-    partitions, partition_count = _my_partitions(cluster, settings, workers)
-    cluster.ensure_topics({topics.dead_letter: 1}, topics.replication_factor)
 
-    policy = precision.apply(tcfg.model.precision)
-    # The chief owns the checkpoint directory and the group before it restores anything, so a
-    # newer copy (rolling update) takes over from the older one's last checkpoint.
-    lock = DirectoryLock(tcfg.checkpoint.dir)
-    if workers.is_chief and not claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop):
-        cluster.close()
-        return RunSummary(stopped_by="signal")
-    with workers.scope():
-        model = build_unet(tcfg.pipeline.image_size, tcfg.model)
-        optimizer = build_optimizer(scaled_learning_rate(tcfg.model, tcfg.cluster, workers.count))
-    store = CheckpointStore(tcfg.checkpoint, model, optimizer, topics.train, workers, tcfg.cluster.scratch_dir)
-    restored = store.restore()
-    if restored:
-        log.info("restored %s at step %d", restored.path, restored.step)
-    replay = None
-    if tcfg.replay.size_mib > 0:
-        replay = ReplayStore(int(tcfg.replay.size_mib * 2**20), tcfg.pipeline.image_size,
-                             tcfg.replay.seed + workers.index, tcfg.replay.policy)  # type: ignore[arg-type]
-        metrics.REPLAY_BYTES.set(replay.nbytes)
-        if restored and restored.replay:
-            restore_store(replay, restored.replay, cluster, topics.train, tcfg.pipeline.image_size, partitions)
-    starts = start_offsets(cluster, settings, partitions, restored.offsets if restored else {})
-    tracker = OffsetTracker(starts)
-    batch = tcfg.pipeline.batch_size
-    fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
-    inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
-                    partition_count)
-    workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
-                         tcfg.pipeline.image_size)
+def _replay_store(settings: Settings, workers: Workers, cluster: Cluster, restored: Restored | None,
+                  partitions: list[int]) -> ReplayStore | None:
+    """The replay store of ``trainer.replay`` (None when off), refilled with the checkpoint's members."""
+    tcfg = settings.trainer
+    if tcfg.replay.size_mib <= 0:
+        return None
+    replay = ReplayStore(int(tcfg.replay.size_mib * 2**20), tcfg.pipeline.image_size,
+                         tcfg.replay.seed + workers.index, tcfg.replay.policy)  # type: ignore[arg-type]
+    metrics.REPLAY_BYTES.set(replay.nbytes)
+    if restored and restored.replay:
+        restore_store(replay, restored.replay, cluster, settings.topics.train, tcfg.pipeline.image_size, partitions)
+    return replay
 
-    threads = Threads()
-    halt = threading.Event()  # background workers outlive the loop's stop: final dead letters, commit
+
+def _evaluator_factory(settings: Settings, cluster: Cluster, model: keras.Model,
+                       dead_letters: DeadLetterWorker) -> Callable[[], Evaluator | None]:
+    """What the loop calls (again, until it succeeds) for its evaluator: the eval topic read once."""
+    tcfg, topics = settings.trainer, settings.topics
 
     def make_evaluator() -> Evaluator | None:
         try:
@@ -139,54 +209,26 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         if not messages:
             log.warning("eval topic '%s' is empty; evaluation disabled for this run", topics.eval)
             return None
-        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir, batch)
+        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir,
+                              tcfg.pipeline.batch_size)
         for m in evaluator.malformed:
             dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
         return evaluator
 
-    # tfio waits forever on revoked credentials or an untrusted certificate: a confluent-kafka
-    # check every 30 s turns them into a clear error and a stop (kafka/preflight.py).
-    security_failures: list[StreamTrainerError] = []
+    return make_evaluator
 
-    def security_failed(exc: StreamTrainerError) -> None:
-        security_failures.append(exc)
-        stop.set()
 
-    watchdog = preflight.Watchdog(settings.kafka, topics.train, security_failed, stop=halt,
-                                  group=tcfg.source.group_id).start()
-    dead_letters = DeadLetterWorker(cluster, topics.dead_letter, halt).start()
-    committer = Committer(cluster, topics.train, tracker.positions, halt).start()
-    inputs.start()
-    parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
-                                                       tcfg.pipeline.image_size),
-                      replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
-                      evaluator=make_evaluator,
-                      export=_exporter(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
-                      inputs=inputs, stop=stop, threads=threads)
-    loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
-                     start_step=restored.step if restored else 0)
-    try:
-        with _signals_set(stop, handle_signals):
-            summary = loop.run()
-    finally:
-        stop.set()
-        halt.set()
-        committer.join(5.0)
-        dead_letters.join(5.0)
-        store.close()
-        watchdog.stop(0)
-    if workers.is_chief and not committer.flush():
+def _close_dead_letters(dead_letters: DeadLetterWorker) -> None:
+    """End the dead-letter thread; holes still queued stay behind the saved positions (re-read next run)."""
+    dead_letters.stop.set()
+    dead_letters.join(_CLOSE_S)
+
+
+def _close_committer(committer: Committer, is_chief: bool) -> None:
+    """End the committer's thread, then commit the final checkpoint's positions, each bounded."""
+    committer.close(_CLOSE_S)
+    if is_chief and not committer.flush(_CLOSE_S):
         log.error("final offset commit failed; the group lags the checkpoint until the next run commits")
-    cluster.close()
-    lock.release()
-    log.info("trainer stopped: %s", summary)
-    if security_failures:
-        raise security_failures[0]
-    if not summary.final_checkpoint_ok:
-        msg = (f"the final checkpoint at step {summary.step} could not be written (see the error above); the last "
-               f"good checkpoint is at step {store.last_saved_step} and a restart resumes there")
-        raise CheckpointError(msg)
-    return summary
 
 
 def _exporter(cfg: CheckpointConfig, model: keras.Model, topic: str, policy: str) -> Callable[..., None]:

@@ -9,18 +9,26 @@ Flags default from ``STREAM_TRAINER_*`` environment variables, as daemons in con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import tempfile
 import threading
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from stream_trainer.errors import StreamTrainerError
+from stream_trainer.errors import StreamTrainerError, ThreadDiedError
 
 log = logging.getLogger("stream_trainer")
+
+ERROR_PREFIX = "stream-trainer: error: "
+EXIT_ERROR = 2  # the message says what to fix (configuration, cluster, ownership, disk)
+EXIT_UNEXPECTED = 1  # a bug or the machine (out of memory, a thread that died): a restart may help
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -44,18 +52,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config, _overrides(args))
     # Before TensorFlow loads and anything connects: secrets out of every log, settings that
-    # tensorflow-io would hang on refused, and the cluster proven to accept us as configured.
+    # tensorflow-io would hang on refused, every place the trainer writes usable, and the cluster
+    # proven to accept us as configured.
     from stream_trainer.kafka import preflight, security
+    from stream_trainer.state import writable
 
     security.guard_secrets(settings.kafka)
     security.check(settings.kafka)
+    writable.check(settings)
     preflight.check(settings.kafka, settings.topics.train, group=settings.trainer.source.group_id)
     # Imported after the config is valid: TensorFlow takes seconds to load, a typo should not.
     from stream_trainer import app
+    from stream_trainer.threads import Threads
 
-    summary = app.run_trainer(settings, handle_signals=True)
+    stop = threading.Event()
+    Threads().start("shutdown-limit", lambda: _end_if_stuck(stop, args.shutdown_limit_s))
+    summary = app.run_trainer(settings, stop=stop, handle_signals=True)
     log.info("stopped: %s", summary)
     return 0
+
+
+def _end_if_stuck(stop: threading.Event, limit_s: float) -> None:
+    """Once a stop is under way, end the process after ``limit_s`` whatever still runs.
+
+    A part stuck in C++ (a final save on a hung disk, a collective whose peer vanished, a Kafka
+    client waiting on a dead broker) must not keep the process, and with it the checkpoint
+    directory's lock, for ever: a successor with ``when_owned: wait`` would wait for ever too.
+    The kernel releases the lock when the process ends; the last checkpoint written is kept.
+    """
+    stop.wait()
+    if limit_s <= 0:
+        return
+    time.sleep(limit_s)
+    main_frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    where = ""
+    if main_frame is not None:
+        frames = traceback.extract_stack(main_frame)
+        ours = [f for f in frames if "stream_trainer" in f.filename] or frames
+        where = f" (stuck in {ours[-1].name} at {Path(ours[-1].filename).name}:{ours[-1].lineno})"
+    line = (f"{ERROR_PREFIX}the shutdown did not finish within {limit_s:.0f} s{where}; exiting without it "
+            f"(a restart resumes from the last checkpoint written)\n")
+    os.write(2, line.encode(errors="replace"))
+    os._exit(EXIT_UNEXPECTED)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -142,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-dir", default=None)
     run.add_argument("--worker-index", type=int, default=_int_env("WORKER_INDEX"),
                      help="this worker's index in trainer.cluster.workers (0 = chief)")
+    run.add_argument("--shutdown-limit-s", type=float, default=float(_env("SHUTDOWN_LIMIT_S", "120") or 120),
+                     help="once stopping, exit after this long whatever is still running (0 = wait for ever)")
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check-config", help="validate a settings file without connecting to anything")
@@ -178,32 +218,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line, nothing cut: TensorFlow's messages span several (node names, hints)."""
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every way it can fail ends here as one line and an exit status.
+
+    0: done (or stopped by a signal); 2: an error the message explains (configuration, cluster,
+    ownership, a checkpoint that cannot be written); 1: anything unexpected (a bug, TensorFlow
+    running out of memory, a background thread that died), whose traceback is logged at debug
+    level (``--log-level debug``); 130: interrupted before the trainer took over the signals.
+    """
     from stream_trainer import tfenv
 
     tfenv.configure()  # before any command imports TensorFlow: its C++ logging reads the environment once
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except ValueError:
+        print(f"{ERROR_PREFIX}--log-level {args.log_level!r} is not a level (debug, info, warning, error)",
+              file=sys.stderr)
+        return EXIT_ERROR
     try:
         return int(args.func(args))
+    except ThreadDiedError as exc:
+        print(f"{ERROR_PREFIX}{one_line(str(exc))}", file=sys.stderr)
+        return EXIT_UNEXPECTED
     except StreamTrainerError as exc:
-        print(f"stream-trainer: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{ERROR_PREFIX}{one_line(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last place anything unexpected can be said in one line
+        log.debug("unexpected error, traceback:", exc_info=True)
+        print(f"{ERROR_PREFIX}unexpected {type(exc).__name__}: {one_line(str(exc))} (the traceback is logged with "
+              f"--log-level debug)", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
-def entry() -> None:
-    """Console-script entry: exit without interpreter teardown once the command has finished.
+def entry(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry: exit without interpreter teardown, whatever way the command ended.
 
     A trainer leaves tensorflow-io Kafka readers blocked in C++ (they ignore cancellation), and
-    TensorFlow's thread-pool teardown at exit would wait for them; everything that matters
-    (checkpoint, commit, logs) is done and flushed by the time ``main`` returns.
+    TensorFlow's thread-pool teardown at exit would wait for them (or abort): everything that
+    matters (checkpoint, commit, logs) is done by the time ``main`` returns, and ``main`` turns
+    every exception into a status, so the process ends here, at once, on every path.
     """
-    code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: --help, --version, a usage error (it printed why)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
     os._exit(code)
 
 

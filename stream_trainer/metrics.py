@@ -9,7 +9,7 @@ workers of one job can be told apart on one dashboard.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -144,7 +144,14 @@ def exposition(worker: int) -> CollectorRegistry:
     return exposed
 
 
-def serve(host: str, port: int, worker: int = 0) -> None:
-    """Start the /metrics endpoint (port 0 disables it); raise OSError if the port is taken."""
-    if port:
-        start_http_server(port, addr=host, registry=exposition(worker))
+def serve(host: str, port: int, worker: int = 0) -> Callable[[], None]:
+    """Start the /metrics endpoint (port 0 disables it) and return what stops it; OSError if the port is taken."""
+    if not port:
+        return lambda: None
+    server, _ = start_http_server(port, addr=host, registry=exposition(worker))
+
+    def close() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return close

@@ -36,6 +36,7 @@ from stream_trainer.errors import AuthenticationError, AuthorizationError, Broke
 from stream_trainer.kafka import listener
 from stream_trainer.kafka.cluster import client_config, one_line
 from stream_trainer.kafka.security import redact, secret_values
+from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -230,38 +231,43 @@ def check(kafka: KafkaConfig, topic: str | None = None, timeout_s: float | None 
 
 
 class Watchdog:
-    """Re-runs ``check`` every ``interval_s`` on a daemon thread, each time on fresh connections.
+    """Re-runs ``check`` every ``interval_s`` on a supervised thread, each time on fresh connections.
 
     Two security failures in a row (AuthenticationError, AuthorizationError: credentials revoked,
-    certificate replaced by one we do not trust, ACL removed) call ``on_failure`` once and end the
-    thread; the second look keeps one unlucky handshake during a broker restart from stopping
-    training. An unreachable cluster is not a failure here: the trainer rides out outages itself.
-    A problem is reported within ``2 * (interval_s + kafka.connect_timeout_s)`` of its start.
+    certificate replaced by one we do not trust, ACL removed) end the thread with that error:
+    passed to ``on_failure`` when one is given, else raised, so that the supervisor (``Threads``)
+    stops the trainer with it. The second look keeps one unlucky handshake during a broker restart
+    from stopping training. An unreachable cluster is not a failure here: the trainer rides out
+    outages itself. A problem is reported within ``2 * (interval_s + kafka.connect_timeout_s)``
+    of its start. Any other exception ends the thread too, and the supervisor reports it.
     """
 
-    def __init__(self, kafka: KafkaConfig, topic: str | None, on_failure: Callable[[BrokerUnavailableError], None],
-                 interval_s: float = 30.0, stop: threading.Event | None = None, group: str | None = None) -> None:
+    def __init__(self, kafka: KafkaConfig, topic: str | None,
+                 on_failure: Callable[[BrokerUnavailableError], None] | None = None,
+                 interval_s: float = 30.0, group: str | None = None) -> None:
         self.kafka = kafka
         self.topic = topic
         self.group = group
         self.on_failure = on_failure
         self.interval_s = interval_s
-        self.stop_event = stop or threading.Event()
         self.failure: BrokerUnavailableError | None = None
-        self._thread = threading.Thread(target=self._run, name="kafka-watchdog", daemon=True)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> Watchdog:
-        self._thread.start()
+    def start(self, threads: Threads | None = None) -> Watchdog:
+        """Run the checks under ``threads`` (the trainer's); alone (tools, tests) under a private one."""
+        self._thread = (threads or Threads()).start("kafka-watchdog", self._run)
         return self
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Ask the thread to end and wait for it (a check in flight finishes first)."""
-        self.stop_event.set()
-        self._thread.join(timeout_s)
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         strikes = 0
-        while not self.stop_event.wait(self.interval_s if strikes == 0 else min(self.interval_s, RECHECK_S)):
+        while not self._closed.wait(self.interval_s if strikes == 0 else min(self.interval_s, RECHECK_S)):
             try:
                 check(self.kafka, self.topic, group=self.group)
                 strikes = 0
@@ -270,6 +276,8 @@ class Watchdog:
                 log.warning("kafka watchdog: %s", exc)
                 if strikes >= 2:
                     self.failure = exc
+                    if self.on_failure is None:
+                        raise
                     self.on_failure(exc)
                     return
             except BrokerUnavailableError as exc:

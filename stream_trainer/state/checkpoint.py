@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ import tensorflow as tf
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError
 from stream_trainer.learn.workers import Workers
+from stream_trainer.state import leftovers
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +91,7 @@ class CheckpointStore:
         self._last_time = time.monotonic()
 
     def _scratch(self, base: str) -> str:
-        root = Path(base or tempfile.gettempdir())
-        root.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f"stream-trainer-worker{self.workers.index}-", dir=root)
+        return leftovers.make_scratch(base, self.workers.index)  # also removes those of killed workers
 
     @property
     def last_saved_step(self) -> int:
@@ -168,7 +165,7 @@ class CheckpointStore:
     def close(self) -> None:
         """Remove a non-chief worker's scratch copies."""
         if not self.workers.is_chief:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            leftovers.remove_scratch(self.directory)
 
 @dataclass(frozen=True)
 class SavedState:

@@ -3,6 +3,9 @@
 Both talk to the broker, and a broker that is down makes them block for seconds; doing them on
 their own thread keeps the training loop (and its reaction to SIGTERM) independent of that.
 Only positions that a successful checkpoint holds are ever handed to ``commit``.
+
+The thread outlives the loop's stop on purpose: the final checkpoint is committed after the loop
+has stopped. So it has no stop event of its own to share; ``close`` ends it, bounded.
 """
 
 from __future__ import annotations
@@ -13,27 +16,29 @@ from collections.abc import Callable, Mapping
 
 from stream_trainer import metrics
 from stream_trainer.kafka import Cluster
+from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
 
 
 class Committer:
     def __init__(self, cluster: Cluster, topic: str, positions: Callable[[], Mapping[int, int]],
-                 stop: threading.Event, lag_every_s: float = 5.0) -> None:
+                 lag_every_s: float = 5.0) -> None:
         self.cluster = cluster
         self.topic = topic
         self._positions = positions  # live positions, for lag
-        self._stop = stop
         self._lag_every_s = lag_every_s
         self._lock = threading.Lock()
         self._to_commit: dict[int, int] | None = None
         self.committed: dict[int, int] = {}
         self.lag: dict[int, int] = {}
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> Committer:
-        self._thread.start()
+    def start(self, threads: Threads) -> Committer:
+        """Run the keepalive / commit / lag thread under ``threads``: if it dies, the trainer stops."""
+        self._thread = threads.start("committer", self._run)
         return self
 
     def commit(self, offsets: Mapping[int, int]) -> None:
@@ -42,10 +47,18 @@ class Committer:
             self._to_commit = dict(offsets)
         self._wake.set()
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        """End the background thread, waiting at most ``timeout_s`` for a round in flight."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Commit what is queued now (shutdown); True on success. Bounded: during an outage a
         commit would block for the client's whole timeout, and a stop must not take that long
-        (the checkpoint already holds the positions; the next run commits them)."""
+        (the checkpoint already holds the positions; the next run commits them). The helper
+        thread is short-lived and its result is the return value, so it needs no supervisor."""
         done: list[bool] = []
         worker = threading.Thread(target=lambda: done.append(self._commit_pending()), name="final-commit",
                                   daemon=True)
@@ -82,13 +95,9 @@ class Committer:
             metrics.CONSUMER_LAG.labels(self.topic, str(p)).set(lag)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._closed.is_set():
             self.cluster.keepalive()
             self._commit_pending()
             self._update_lag()
             self._wake.wait(self._lag_every_s)
             self._wake.clear()
-
-    def join(self, timeout_s: float) -> None:
-        self._wake.set()
-        self._thread.join(timeout_s)

@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import IO
 
-from stream_trainer.errors import OwnershipError
+from stream_trainer.errors import ConfigError, OwnershipError
 from stream_trainer.kafka import Cluster
+from stream_trainer.state import writable
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 30.0
@@ -37,13 +38,20 @@ _LOG_EVERY_S = 30.0
 class DirectoryLock:
     """An exclusive lock on a checkpoint directory, held for the life of the process."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, key: str = "trainer.checkpoint.dir") -> None:
         self.path = Path(directory) / ".owner"
+        self.key = key  # the setting that names the directory, for errors
         self._file: IO[str] | None = None
 
     def try_acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
+        """Take the lock if nobody holds it; a directory that cannot be used is a ``ConfigError``."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
+        except OSError as exc:
+            problem = writable.directory_problem(self.path.parent) or f"{self.path}: {exc.strerror}"
+            msg = f"config key '{self.key}': {problem}"
+            raise ConfigError(msg) from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
