@@ -122,12 +122,12 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     tracker = OffsetTracker(starts)
     batch = tcfg.pipeline.batch_size
     fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
+    threads = Threads()
     inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
-                    partition_count)
+                    partition_count, threads)
     workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
                          tcfg.pipeline.image_size)
 
-    threads = Threads()
     halt = threading.Event()  # background workers outlive the loop's stop: final dead letters, commit
 
     def make_evaluator() -> Evaluator | None:

@@ -13,8 +13,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream_trainer.config import KafkaConfig, SourceConfig
 from stream_trainer.ingest import source
 from stream_trainer.ingest.inbox import END_PARTITION, Inbox
-from stream_trainer.ingest.source import KafkaSource
+from stream_trainer.ingest.supervisor import KafkaSource
 from stream_trainer.kafka import Cluster
+from stream_trainer.threads import Threads
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:
@@ -36,7 +37,7 @@ def _read(kafka_bootstrap: str, topic: str, starts: dict[int, int],
     inbox = Inbox(64)
     cfg = SourceConfig(poll_timeout_ms=poll_timeout_ms)
     KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, inbox, cfg, "tfio-test",
-                resolve=lambda _p, offset: offset, stop=threading.Event()).start(starts, stops)
+                resolve=lambda _p, offset: offset, stop=threading.Event(), threads=Threads()).start(starts, stops)
     return inbox
 
 
