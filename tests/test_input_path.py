@@ -192,6 +192,7 @@ def test_messages_of_an_older_epoch_and_duplicates_never_reach_the_fresh_rows() 
     ledger.sent(0, [10, 11, 12], 0)
     assert ledger.fed(0, 10) == (0, 9)
     assert ledger.reposition(0, 13) == 0  # a reader replaced where reading stopped: the same epoch
+    assert ledger.reposition(0, 20) == 0  # retention moved it on: still the same chain
     assert ledger.reposition(0, 0) == 1  # moved back (on_offset_reset): only the source starts an epoch
     assert not ledger.read(0, 0, 13)  # the old reader's read is refused
     assert ledger.read(0, 1, 0) and ledger.read(0, 1, 1)

@@ -55,10 +55,13 @@ class Intake:
         return self
 
     # -- the readers' side --------------------------------------------------------------------
-    def install(self, partition: int, reader: object, start: int) -> int:
+    def install(self, partition: int, reader: object, start: int, *, only_if_current: bool = False) -> int | None:
         """``reader`` now reads ``partition`` from ``start``; the previous one is retired. Return the
-        epoch (a new one when ``start`` is not where reading stopped: staged messages then go)."""
+        epoch (a new one when ``start`` moves back: staged messages then go). With
+        ``only_if_current`` (a failed reader resuming), None if it was retired meanwhile."""
         with self._cond:
+            if only_if_current and self._reader.get(partition) is not reader:
+                return None
             epoch = self.ledger.reposition(partition, start)
             staged = self._staged.setdefault(partition, deque())
             if staged and staged[0][1] != epoch:

@@ -8,8 +8,9 @@ buffer. Both live here and nowhere else; the trained and saved positions live in
 An *epoch* is one unbroken chain of offsets of a partition. Only the source starts one: when it
 starts a partition (epoch 0) and when it moves a partition's reader back
 (``trainer.source.on_offset_reset`` after the topic was recreated, where old and new offsets
-overlap). Every message is recorded with the epoch of the read that produced it when it enters
-the inbox, so the feeder knows each message's epoch exactly, and drops before the fresh rows:
+overlap); a reader restarted where reading stopped, or further on, continues its epoch. Every
+message is recorded with the epoch of the read that produced it when it enters the inbox, so
+the feeder knows each message's epoch exactly, and drops before the fresh rows:
 
 * messages of an older epoch still in the inbox or the decode pipeline;
 * duplicates: an offset at or below the last one fed (a re-read after a restart never trains a
@@ -53,14 +54,17 @@ class PartitionLedger:
     def reposition(self, partition: int, start: int) -> int:
         """``partition`` (new, or moved) continues at ``start``; return its epoch.
 
-        A first start is epoch 0; a continuation at the read position keeps the epoch; anything
-        else starts the next epoch (what the old one still has in flight is then dropped)."""
+        A first start is epoch 0. A continuation at or after the read position keeps the epoch
+        (after the position, retention deleted what lies between: the next message's ``prev``
+        spans that gap, as it always did). A move back starts the next epoch: what the old one
+        still has in flight is then dropped, and its offsets may reappear in the new one."""
         with self._lock:
             part = self._parts.get(partition)
             if part is None:
                 self._parts[partition] = _Partition(0, start, start - 1, start - 1)
                 return 0
-            if start == part.last_read + 1:
+            if start > part.last_read:
+                part.last_read = start - 1
                 return part.epoch
             part.epoch += 1
             part.start, part.last_read, part.last_fed = start, start - 1, start - 1

@@ -117,14 +117,17 @@ class KafkaSource:
         reader = PartitionReader(self.kafka, self.topic, partition, self.group_id, self.cfg.poll_timeout_ms,
                                  self.intake)
         epoch = self._install(reader, start, notify)
+        assert epoch is not None  # a new reader is always installed
         self.readers[partition] = reader
         self._thread[partition] = self.threads.start(f"kafka-reader-{partition}",
                                                      lambda: self._run(reader, start, epoch, stop_at))
 
-    def _install(self, reader: PartitionReader, start: int, notify: bool) -> int:
+    def _install(self, reader: PartitionReader, start: int, notify: bool, resuming: bool = False) -> int | None:
         p = reader.partition
         known, before = p in self.readers, self.ledger.epoch(p)
-        epoch = self.intake.install(p, reader, start)
+        epoch = self.intake.install(p, reader, start, only_if_current=resuming)
+        if epoch is None:
+            return None
         if notify and self.on_reposition is not None and (not known or epoch != before):
             self.on_reposition(p, start, epoch)
         return epoch
@@ -202,7 +205,10 @@ class KafkaSource:
                 if resumed is None:
                     return
                 start = resumed
-                epoch = self._install(reader, start, notify=True)
+                resumed_epoch = self._install(reader, start, notify=True, resuming=True)
+                if resumed_epoch is None:  # replaced by the watchdog while it waited to restart
+                    return
+                epoch = resumed_epoch
         if stop_at is not None:
             with self._lock:
                 self._bounded_left -= 1
