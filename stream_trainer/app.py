@@ -134,7 +134,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         batch = tcfg.pipeline.batch_size
         fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
         inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
-                        partition_count)
+                        partition_count, threads)
         workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
                              tcfg.pipeline.image_size)
         # Its own event, not ``stop``: it must still deliver the final holes after the loop stopped.

@@ -19,9 +19,13 @@ from stream_trainer.ingest import pipeline
 from stream_trainer.ingest.feeder import Feeder
 from stream_trainer.ingest.fresh import FreshRows, Rows
 from stream_trainer.ingest.inbox import Inbox
+from stream_trainer.ingest.intake import Intake
+from stream_trainer.ingest.ledger import PartitionLedger
+from stream_trainer.ingest.supervisor import one_line
 from stream_trainer.learn.batcher import Batcher
 from stream_trainer.learn.replay import ReplayStore
 from stream_trainer.learn.step import flip_rows
+from stream_trainer.threads import Threads
 from tests.test_trainer import poison_messages
 
 SIZE = 32
@@ -151,3 +155,80 @@ def test_flip_moves_image_and_mask_together(graph: bool) -> None:
     bright = fx.numpy()[..., 0] == 1.0
     assert np.array_equal(bright, fy.numpy()[..., 0] == 2)
     assert bright[0, 0, -1] and not bright[1, 0, -1]  # row 0 flipped, row 1 not
+
+
+# -- the read side's ledger, the intake and the feeder's dropped-message reports -------------------
+def test_dropped_messages_are_reported_at_once_with_the_previous_seen_offset() -> None:
+    """A group that names every message it saw reports each one the decoder dropped, the last
+    message of a partition included, without waiting for a later message."""
+    bad = list(poison_messages().values())
+    inbox = Inbox(64)
+    entered = [(0, 100, _value(0)), (0, 101, bad[0]), (0, 102, _value(1)), (1, 7, bad[3])]
+    for p, o, v in entered:
+        _put(inbox, p, o, v)
+    inbox.put_end()
+    decoded = list(pipeline.decoded_groups(inbox, SIZE, group=8))
+    assert len(decoded) == 1 and decoded[0]["offset"].numpy().tolist() == [100, 102]  # real decoding dropped two
+    group = dict(decoded[0], seen_partition=tf.constant([p for p, _, _ in entered], tf.int32),
+                 seen_offset=tf.constant([o for _, o, _ in entered], tf.int64))
+    dropped: list[tuple[int, int, int, int]] = []
+    fresh = FreshRows(capacity=64)
+    feeder = Feeder(tf.data.Dataset.from_tensors(group), fresh, {0: 100, 1: 7}, threading.Event(),
+                    on_dropped=lambda *hole: dropped.append(hole)).start()
+    assert feeder.exhausted.wait(60), feeder.failure
+    assert dropped == [(0, 100, 101, 0), (1, 6, 7, 0)]  # (partition, prev, offset, epoch)
+    rows = fresh.take(64)
+    assert rows is not None
+    assert list(zip(rows.partition.tolist(), rows.prev.tolist(), rows.offset.tolist(), strict=True)) == [
+        (0, 99, 100), (0, 101, 102)]
+
+
+def test_messages_of_an_older_epoch_and_duplicates_never_reach_the_fresh_rows() -> None:
+    ledger = PartitionLedger()
+    assert ledger.reposition(0, 10) == 0
+    for o in (10, 11, 12):
+        assert ledger.read(0, 0, o)
+    assert not ledger.read(0, 0, 11)  # a re-read after a restart: not handed on twice
+    ledger.sent(0, [10, 11, 12], 0)
+    assert ledger.fed(0, 10) == (0, 9)
+    assert ledger.reposition(0, 13) == 0  # a reader replaced where reading stopped: the same epoch
+    assert ledger.reposition(0, 20) == 0  # retention moved it on: still the same chain
+    assert ledger.reposition(0, 0) == 1  # moved back (on_offset_reset): only the source starts an epoch
+    assert not ledger.read(0, 0, 13)  # the old reader's read is refused
+    assert ledger.read(0, 1, 0) and ledger.read(0, 1, 1)
+    ledger.sent(0, [0, 1], 1)
+    assert ledger.fed(0, 11) is None and ledger.fed(0, 12) is None  # still in flight from epoch 0: dropped
+    assert ledger.fed(0, 0) == (1, -1) and ledger.fed(0, 1) == (1, 0)
+    assert ledger.fed(0, 1) is None  # a duplicate delivery: dropped, not a new epoch
+
+
+def test_a_retired_reader_can_put_nothing_and_partitions_take_turns() -> None:
+    stop = threading.Event()
+    inbox = Inbox(64)
+    intake = Intake(inbox, PartitionLedger(), share=8, group=8, stop=stop, threads=Threads())
+    old, new, other = object(), object(), object()
+    intake.install(0, old, 0)
+    intake.install(1, other, 0)
+    for o in range(4):
+        assert intake.put(0, old, 0, o, tf.constant(b"a"))
+    intake.install(0, new, 4)  # the watchdog replaced the reader of partition 0 where it stopped
+    assert not intake.put(0, old, 0, 4, tf.constant(b"late"))  # the retired one woke up: refused
+    for o in range(4, 8):
+        assert intake.put(0, new, 0, o, tf.constant(b"a"))
+    for o in range(8):
+        assert intake.put(1, other, 0, o, tf.constant(b"b"))
+    intake.start()
+    deadline = time.monotonic() + 30
+    while inbox.size() < 16 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, partitions, offsets = inbox.take_arrived(16)
+    got = list(zip(partitions.numpy().tolist(), offsets.numpy().tolist(), strict=True))
+    assert sorted(got[:8]) == sorted([(0, o) for o in range(4)] + [(1, o) for o in range(4)])  # in turn
+    assert [o for p, o in got if p == 0] == list(range(8))  # each partition in offset order, once
+    stop.set()
+
+
+def test_reader_errors_keep_their_whole_reason_on_one_line() -> None:
+    text = "Graph execution error:\n\nDetected at node IteratorGetNext\nFailed to consume: Local: Invalid argument"
+    assert one_line(text) == ("Graph execution error: Detected at node IteratorGetNext Failed to consume: "
+                              "Local: Invalid argument")

@@ -13,8 +13,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from stream_trainer.config import KafkaConfig, SourceConfig
 from stream_trainer.ingest import source
 from stream_trainer.ingest.inbox import END_PARTITION, Inbox
-from stream_trainer.ingest.source import KafkaSource
+from stream_trainer.ingest.supervisor import KafkaSource
 from stream_trainer.kafka import Cluster
+from stream_trainer.threads import Threads
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:
@@ -36,7 +37,7 @@ def _read(kafka_bootstrap: str, topic: str, starts: dict[int, int],
     inbox = Inbox(64)
     cfg = SourceConfig(poll_timeout_ms=poll_timeout_ms)
     KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, inbox, cfg, "tfio-test",
-                resolve=lambda _p, offset: offset, stop=threading.Event()).start(starts, stops)
+                resolve=lambda _p, offset: offset, stop=threading.Event(), threads=Threads()).start(starts, stops)
     return inbox
 
 
@@ -178,3 +179,78 @@ def test_bounded_read_ends_at_the_stop_offsets(kafka_bootstrap: str, new_topic: 
     got = [_take(inbox, 30) for _ in range(6)]
     assert sorted((p, o) for _, p, o in got[:5]) == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert got[5][1] == END_PARTITION  # then the end marker, once every partition is done
+
+
+def test_partitions_with_a_backlog_take_turns_from_the_first_group(
+        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    """After a restart with a backlog every partition reaches the decoder from the start, not one
+    partition's whole read-ahead first."""
+    topic = new_topic(partitions=2)
+    _produce(kafka_bootstrap, topic, [(p, b"k", b"v" * 1000) for p in (0, 1) for _ in range(600)])
+    inbox = _read(kafka_bootstrap, topic, {0: 0, 1: 0})
+    time.sleep(5)  # both readers connect and fill their shares while nothing is decoded
+    first = [_take(inbox, 30)[1] for _ in range(128)]  # two decode groups' worth
+    assert first.count(0) >= 32 and first.count(1) >= 32, first
+
+
+def test_a_partition_ending_in_a_transaction_marker_is_caught_up_not_stalled(
+        kafka_config: KafkaConfig, cluster: Cluster, new_topic: Callable[..., str]) -> None:
+    """position < high watermark for ever (the commit marker): the watchdog must not replace it."""
+    from stream_trainer.config import Settings, TopicsConfig, TrainerConfig
+    from stream_trainer.ingest.fresh import FreshRows
+    from stream_trainer.ingest.inputs import Inputs
+    from stream_trainer.ingest.reader import live_consumers
+    from tests.test_input_path import _value
+
+    topic = new_topic(partitions=1)
+    p = Producer({"bootstrap.servers": kafka_config.bootstrap_servers, "transactional.id": f"tx-{topic}"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    for i in range(3):
+        p.produce(topic, value=_value(i), partition=0)
+    p.commit_transaction(30)
+    deadline = time.monotonic() + 30
+    while cluster.watermarks(topic, [0])[0].high < 4 and time.monotonic() < deadline:  # 3 records, 1 marker
+        time.sleep(0.2)
+    assert cluster.watermarks(topic, [0])[0].high == 4
+    stall_s = 1.0
+    settings = Settings(kafka=kafka_config, topics=TopicsConfig(train=topic), trainer=TrainerConfig(
+        source=SourceConfig(stall_timeout_s=stall_s, poll_timeout_ms=200)))
+    stop = threading.Event()
+    threads = Threads()
+    fresh = FreshRows(64)
+    consumers_before = live_consumers()
+    inputs = Inputs(settings, cluster, lambda *_: None, {0: 0}, fresh, 0, 1, stop, 1, threads).start()
+    try:
+        assert fresh.wait(3, time.monotonic() + 60) == 3
+        time.sleep(6 * stall_s)  # the watchdog looks every stall_s / 4
+        assert inputs.source.retired == 0 and inputs.source.restarts == 0
+        assert live_consumers() - consumers_before == 1
+        assert threads.failure() is None and inputs.failure() is None
+    finally:
+        stop.set()
+
+
+def test_replaced_readers_and_a_duplicate_delivery_skip_nothing_and_hand_on_each_offset_once(
+        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    """Readers replaced mid-stream (the watchdog's path) and a message delivered twice: the feeder
+    sees every offset exactly once, in order, nothing skipped."""
+    topic = new_topic(partitions=1)
+    n = 400
+    _produce(kafka_bootstrap, topic, [(0, b"k", f"v{i}".encode()) for i in range(n)])
+    src = KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, Inbox(64),
+                      SourceConfig(poll_timeout_ms=200), "tfio-test", resolve=lambda _p, offset: offset,
+                      stop=threading.Event(), threads=Threads(), share=16, group=16).start({0: 0})
+    fed: list[int] = []
+    while len(fed) < n:
+        _, p, o = _take(src.intake.inbox, 30)
+        if len(fed) in (50, 150, 250):  # mid-batch: messages staged, in the inbox and in flight
+            src._replace(src.readers[0], "replaced by the test")
+        if len(fed) == 100:  # the current reader delivers an offset it already handed on
+            reader = src.readers[0]
+            assert src.intake.put(0, reader, reader.epoch, fed[-1], tf.constant(b"again"))
+        got = src.ledger.fed(p, o)
+        if got is not None:
+            fed.append(o)
+    assert fed == list(range(n))
+    assert src.retired == 3

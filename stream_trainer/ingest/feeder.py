@@ -3,17 +3,18 @@
 Why a thread: the pipeline blocks inside TensorFlow until messages arrive, and a Python signal
 handler cannot run while the main thread sits in that ``next()``. The loop instead works on the
 fresh-row buffer with timeouts, so SIGTERM is noticed within a fraction of a second even on an idle
-topic; the feeder is a daemon thread and never holds up exit.
+topic; the feeder is a supervised daemon thread and never holds up exit.
 
-Rows leave the pipeline in arrival order, so the feeder links each row to the previous row of its
-partition (``prev``): a gap between ``prev`` and ``offset`` is exactly the messages the pipeline
-dropped as malformed, which the loop dead-letters before its position moves past them.
+Rows leave the pipeline in arrival order, so the feeder links each row to the previous message of
+its partition (``prev``); the ledger (``ledger.py``) knows each message's epoch (given by the
+source when it started or moved the partition) and drops, before the fresh rows, messages of an
+older epoch and duplicates. Offsets going backwards are never taken for a new epoch here.
 
-Offsets of a partition never go backwards, except when its reader was moved back by
-``trainer.source.on_offset_reset`` (the topic was recreated). The feeder then starts a new
-*epoch* of that partition: rows carry their epoch, and whatever the old epoch still has in flight
-(rows, dead-letter holes) is ignored by the position bookkeeping instead of being mistaken for
-offsets of the new topic.
+Messages the decoder dropped as malformed: when a group names every message that entered it
+(``seen_partition``/``seen_offset``), each dropped one is reported at once to ``on_dropped(partition,
+prev, offset, epoch)`` (dead-lettered as the hole ``(prev, offset]``), so a malformed message that
+is the last of its partition does not wait for a later one; otherwise (or without ``on_dropped``)
+the next row's ``prev`` spans them and the loop dead-letters that gap.
 """
 
 from __future__ import annotations
@@ -27,65 +28,73 @@ import numpy as np
 import tensorflow as tf
 
 from stream_trainer.ingest.fresh import FreshRows, Rows
+from stream_trainer.ingest.ledger import PartitionLedger
+from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
 
+Dropped = Callable[[int, int, int, int], None]  # (partition, prev, offset, epoch)
+
 
 class Feeder:
-    """Iterates ``decoded`` (batches of decoded rows) in a daemon thread into ``fresh``."""
+    """Iterates ``decoded`` (batches of decoded rows) in a supervised thread into ``fresh``."""
 
-    def __init__(self, decoded: tf.data.Dataset, fresh: FreshRows, starts: Mapping[int, int],
-                 stop: threading.Event, on_new_epoch: Callable[[int, int, int], None] | None = None) -> None:
-        self._decoded = decoded
+    def __init__(self, decoded: tf.data.Dataset, fresh: FreshRows, ledger: PartitionLedger | Mapping[int, int],
+                 stop: threading.Event, on_dropped: Dropped | None = None, threads: Threads | None = None) -> None:
         self.fresh = fresh
+        self.ledger = ledger if isinstance(ledger, PartitionLedger) else PartitionLedger(ledger)
         self._stop = stop
-        self._lock = threading.Lock()
-        self._last = {p: s - 1 for p, s in starts.items()}
-        self._epoch = dict.fromkeys(starts, 0)
-        self._on_new_epoch = on_new_epoch
+        self._on_dropped = on_dropped
+        self._threads = threads or Threads()
         self.exhausted = threading.Event()  # a bounded read ended (benchmarks, tests)
         self.failure: BaseException | None = None  # the pipeline itself broke: the loop must stop
-        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
         self._iterator: Iterator[dict[str, tf.Tensor]] = iter(decoded)
 
     def start(self) -> Feeder:
-        self._thread.start()
+        self._threads.start("feeder", self._run)
         return self
-
-    def restart_partition(self, partition: int, start: int) -> None:
-        """A partition now continues at ``start`` (new partition, or a position reset by policy)."""
-        with self._lock:
-            self._last[partition] = start - 1
 
     def _run(self) -> None:
         try:
             for group in self._iterator:
-                if not self.fresh.put(self._rows(group), self._stop):
+                rows = self._rows(group)
+                if len(rows) and not self.fresh.put(rows, self._stop):
                     return
             self.exhausted.set()
         except Exception as exc:
             log.exception("the decode pipeline failed")
             self.failure = exc
+            raise
 
     def _rows(self, group: dict[str, tf.Tensor]) -> Rows:
         partition = group["partition"].numpy()
         offset = group["offset"].numpy()
-        prev = np.empty_like(offset)
-        epoch = np.empty(offset.shape, np.int32)
-        with self._lock:
-            for i, (p, o) in enumerate(zip(partition.tolist(), offset.tolist(), strict=True)):
-                last = self._last.get(p, o - 1)
-                if o <= last:  # moved back by on_offset_reset: a new chain
-                    self._epoch[p] = self._epoch.get(p, 0) + 1
-                    log.warning("partition %d went back from offset %d to %d (on_offset_reset); epoch %d", p, last, o,
-                                self._epoch[p])
-                    if self._on_new_epoch is not None:
-                        self._on_new_epoch(p, o, self._epoch[p])
-                    last = o - 1
-                prev[i] = last
-                epoch[i] = self._epoch.get(p, 0)
-                self._last[p] = o
         n = offset.shape[0]
-        return Rows(image=group["image"].numpy(), mask=group["mask"].numpy(), partition=partition, offset=offset,
+        keep: list[int] = []
+        prev = np.empty(n, np.int64)
+        epoch = np.empty(n, np.int32)
+        if self._on_dropped is not None and "seen_partition" in group:
+            row_of = {(int(p), int(o)): i for i, (p, o) in enumerate(zip(partition, offset, strict=True))}
+            for p, o in zip(group["seen_partition"].numpy().tolist(), group["seen_offset"].numpy().tolist(),
+                            strict=True):
+                fed = self.ledger.fed(p, o)
+                if fed is None:
+                    continue  # an older epoch or a duplicate
+                i = row_of.get((p, o))
+                if i is None:
+                    self._on_dropped(p, fed[1], o, fed[0])
+                else:
+                    keep.append(i)
+                    epoch[i], prev[i] = fed
+        else:
+            for i, (p, o) in enumerate(zip(partition.tolist(), offset.tolist(), strict=True)):
+                fed = self.ledger.fed(p, o)
+                if fed is not None:
+                    keep.append(i)
+                    epoch[i], prev[i] = fed
+        if len(keep) < n:
+            log.debug("dropped %d rows of an older epoch or read twice", n - len(keep))
+        rows = Rows(image=group["image"].numpy(), mask=group["mask"].numpy(), partition=partition, offset=offset,
                     prev=prev, produce_ts_ms=group["produce_ts_ms"].numpy(), nbytes=group["nbytes"].numpy(),
                     arrived=np.full(n, time.monotonic()), epoch=epoch)
+        return rows if len(keep) == n else rows.select(np.asarray(keep, np.intp))

@@ -1,16 +1,18 @@
 """The inbox: raw messages read from Kafka, waiting to be decoded.
 
 A bounded TensorFlow FIFO queue of ``(value, partition, offset)`` sits between the Kafka readers
-(``source.py``, one thread per partition) and the decode pipeline (``pipeline.py``). It exists for
-three reasons:
+(``reader.py``, one thread per partition, whose messages the intake, ``intake.py``, hands over
+fairly, a share per partition) and the decode pipeline (``pipeline.py``). It exists for three
+reasons:
 
 * **Errors stay where they belong.** The decode pipeline drops malformed messages with
   ``ignore_errors``, which would also swallow a failure of the Kafka reader if the reader were
   upstream of it in the same tf.data graph. Here a reader fails in its own thread, visibly.
 * **"What has arrived" is one operation.** ``take_arrived`` dequeues everything waiting (up to a
   limit), so the decoder works on whatever arrived, never waiting for traffic that may never come.
-* **Back pressure.** When training falls behind, the queue fills, the readers block on it and
-  stop fetching: the backlog stays in Kafka (as consumer lag), not in memory.
+* **Back pressure.** When training falls behind, the queue fills, the intake's shares fill, the
+  readers block and stop fetching (librdkafka's read-ahead is bounded too): the backlog stays in
+  Kafka (as consumer lag), not in memory.
 
 Per partition, messages enter in offset order and leave in the same order.
 """

@@ -20,22 +20,27 @@ import time
 from collections.abc import Callable, Mapping
 
 import tensorflow as tf
+from confluent_kafka import KafkaException
 
 from stream_trainer import metrics
 from stream_trainer.config import Settings
 from stream_trainer.errors import OffsetResetError, StreamTrainerError
 from stream_trainer.ingest import pipeline
-from stream_trainer.ingest.feeder import Feeder
+from stream_trainer.ingest.feeder import Dropped, Feeder
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inbox import Inbox
-from stream_trainer.ingest.source import KafkaSource, assigned_partitions
+from stream_trainer.ingest.supervisor import KafkaSource, assigned_partitions, staging_share
 from stream_trainer.kafka import Cluster, Watermarks
+from stream_trainer.threads import Threads
 
 log = logging.getLogger(__name__)
 
 # Told when a partition continues at a new offset (added, or moved back by on_offset_reset):
 # (partition, start, epoch). The trained-position bookkeeping downstream restarts its chain there.
 Repositioned = Callable[[int, int, int], None]
+# At most this many offsets between a reader's position and the log end can be transaction
+# markers and still count as caught up (one marker per transaction; a few in a row at most).
+_MARKERS_MAX = 64
 
 
 def checked_start(topic: str, partition: int, offset: int, marks: Watermarks, policy: str) -> int:
@@ -84,31 +89,34 @@ class Inputs:
 
     def __init__(self, settings: Settings, cluster: Cluster, on_reposition: Repositioned, starts: Mapping[int, int],
                  fresh: FreshRows, worker_index: int, worker_count: int, stop: threading.Event,
-                 partition_count: int) -> None:
+                 partition_count: int, threads: Threads, on_dropped: Dropped | None = None) -> None:
         self.settings = settings
         self.cluster = cluster
         self.on_reposition = on_reposition
         self.worker_index, self.worker_count = worker_index, worker_count
         self.stop = stop
+        self.threads = threads
         t = settings.trainer
         self.topic = settings.topics.train
+        group = t.pipeline.decode_group
         # Reading and decoding stay on the CPU, also on a GPU host: the accelerator is for the step.
         with tf.device("/CPU:0"):
-            self.inbox = Inbox(t.source.queue_capacity)
-            decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, t.pipeline.decode_group,
-                                              t.pipeline.decode_threads)
+            # Two groups in the queue: the pipeline takes one while the next is handed over; the
+            # rest of the read-ahead waits per partition in the intake (fairness, bounds).
+            self.inbox = Inbox(2 * group)
+            decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, group, t.pipeline.decode_threads)
         self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
-                                  self._resolve, stop)
-        self.feeder = Feeder(decoded, fresh, starts, stop, on_new_epoch=on_reposition)
+                                  self._resolve, stop, threads, share=staging_share(t.source, group, len(starts)),
+                                  group=group, on_reposition=on_reposition, caught_up=self._caught_up)
         self._starts = dict(starts)
+        self.feeder = Feeder(decoded, fresh, self.source.ledger, stop, on_dropped=on_dropped, threads=threads)
         self._count = partition_count
         self._lock = threading.Lock()
-        self._watcher = threading.Thread(target=self._watch, name="partition-watch", daemon=True)
 
     def start(self) -> Inputs:
         self.source.start(self._starts)
         self.feeder.start()
-        self._watcher.start()
+        self.threads.start("partition-watch", self._watch)
         return self
 
     # -- what the loop asks ---------------------------------------------------------------------
@@ -124,7 +132,10 @@ class Inputs:
 
     # -- partitions added while running ---------------------------------------------------------
     def _watch(self) -> None:
-        """Every few seconds the reader watchdog; every ``metadata_refresh_s`` new partitions."""
+        """Every few seconds the reader watchdog; every ``metadata_refresh_s`` new partitions.
+
+        Broker errors (an outage, a leader election) are ridden out: the readers report their
+        own way. Anything else ends this thread, and the trainer with it (threads.py)."""
         refresh = self.settings.trainer.source.metadata_refresh_s
         every = min(5.0, refresh, self.settings.trainer.source.stall_timeout_s / 4)
         next_refresh = time.monotonic() + refresh
@@ -132,12 +143,19 @@ class Inputs:
             try:
                 positions = self.source.positions()  # before the watermarks: see KafkaSource.watch
                 marks = self.cluster.watermarks(self.topic, list(positions), timeout_s=5.0)
-                self.source.watch(positions, marks, self.inbox.size() >= self.inbox.capacity * 0.9)
+                self.source.watch(positions, marks)
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + refresh
                     self._refresh()
-            except StreamTrainerError as exc:  # an outage: ridden out; the readers report it their own way
+            except (StreamTrainerError, KafkaException) as exc:
                 log.debug("input watch skipped: %s", exc)
+
+    def _caught_up(self, partition: int, position: int, high: int) -> bool:
+        """Only records no reader hands on (transaction markers, aborted records) lie between
+        ``position`` and the log end ``high``. A longer stretch than a few markers is read as a stall."""
+        if high - position > _MARKERS_MAX:
+            return False
+        return not self.cluster.read_range(self.topic, partition, position, high, timeout_s=5.0)
 
     def _refresh(self) -> None:
         found = self.cluster.partitions(self.topic)
@@ -156,12 +174,10 @@ class Inputs:
             return
         for p, start in starts.items():
             log.info("partition %d was added to %s; training it from offset %d", p, self.topic, start)
-            self.on_reposition(p, start, 0)
-            self.feeder.restart_partition(p, start)
-            self.source.add(p, start)
+            self.source.add(p, start)  # tells on_reposition (epoch 0 of a new partition)
 
     def _resolve(self, partition: int, offset: int) -> int:
         """Where a failed reader of ``partition`` resumes (called by its thread before restarting)."""
         marks = self.cluster.watermarks(self.topic, [partition])[partition]
-        # A move back (on_offset_reset) is noticed by the feeder in the rows themselves, in order.
+        # A move back (on_offset_reset) starts a new epoch: the source tells on_reposition.
         return checked_start(self.topic, partition, offset, marks, self.settings.trainer.source.on_offset_reset)

@@ -23,9 +23,10 @@ from stream_trainer.ingest import pipeline
 from stream_trainer.ingest.feeder import Feeder
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inbox import Inbox
-from stream_trainer.ingest.source import KafkaSource
+from stream_trainer.ingest.supervisor import KafkaSource, staging_share
 from stream_trainer.kafka import client_config
 from stream_trainer.learn.batcher import Batch, Batcher, Replay
+from stream_trainer.threads import Threads
 from stream_trainer.workbench.bench.config import BenchConfig
 from stream_trainer.workbench.bench.sources import MemorySource, tfio_interleaved
 from stream_trainer.workbench.bench.timing import BenchError, Timeline
@@ -162,7 +163,10 @@ def trainer_batches(ctx: Context, inbox: Inbox, starts: dict[int, int], launch: 
 def kafka_source(ctx: Context, w: Workload, inbox: Inbox, stop: threading.Event, name: str) -> KafkaSource:
     """The trainer's ``KafkaSource`` on ``w.topic``; a failed reader resumes where it stopped."""
     s = ctx.settings
-    return KafkaSource(s.kafka, w.topic, inbox, s.trainer.source, group_id(name), lambda _p, offset: offset, stop)
+    group = s.trainer.pipeline.decode_group
+    share = staging_share(s.trainer.source, group, len(w.starts()))
+    return KafkaSource(s.kafka, w.topic, inbox, s.trainer.source, group_id(name), lambda _p, offset: offset, stop,
+                       Threads(), share=share, group=group)
 
 
 def pipeline_memory(ctx: Context, w: Workload, count: int) -> Timeline:

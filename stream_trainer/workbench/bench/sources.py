@@ -1,6 +1,6 @@
 """Raw-message sources the contenders share: the same messages from memory and from Kafka.
 
-``MemorySource`` puts messages into an ``Inbox`` the way ``source.KafkaSource``'s readers do
+``MemorySource`` puts messages into an ``Inbox`` the way ``supervisor.KafkaSource``'s intake does
 (one thread per partition, offset order, chunks of 64, then the end marker), so that "our
 pipeline from memory" runs the trainer's decode path with Kafka taken out and nothing else
 changed. ``tfio_interleaved`` is the reading pattern of tensorflow-io's Kafka tutorial: one
@@ -19,7 +19,7 @@ from stream_trainer.config import KafkaConfig
 from stream_trainer.ingest import source
 from stream_trainer.ingest.inbox import Inbox
 
-# As source.py's readers: messages per step of a reader's loop.
+# As the intake's pump (intake.py): at most one decode group per hand-over.
 CHUNK = 64
 
 

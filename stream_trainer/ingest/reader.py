@@ -1,0 +1,129 @@
+"""One partition's reader: a thread around a plain iterator over tensorflow-io's ``KafkaDataset``.
+
+Why ``KafkaDataset`` with explicit ``topic:partition:offset`` and not ``KafkaGroupIODataset``:
+the group dataset lets librdkafka auto-commit at fetch time, before a message is trained, so a
+crash loses data. Here each partition starts exactly at the offset our checkpoint says, and
+``message_offset=True`` hands every message's ``partition:offset`` on with it.
+
+Why one message at a time and not ``ds.batch(n)``: with ``eof=False`` tfio's reader blocks in C++
+until a message comes, so a batch of ``n`` would hold a lone message on a quiet partition until
+``n - 1`` more arrived. Each message goes to the intake as soon as it is read.
+
+Why a thread per partition: that blocking read ignores cancellation. An idle partition blocks
+only its own thread; a failing one raises in its own thread, where the supervisor
+(``supervisor.py``) logs, counts and restarts it. When the reader ends (stopped, retired, a
+bounded read done, an error) its iterator is released, and with it the librdkafka consumer and
+its threads: ``stream_trainer_kafka_consumers`` counts the ones alive.
+
+tfio bundles librdkafka 1.5.0; the bookkeeping it cannot do (commits, lag, metadata) lives in
+``kafka/`` with confluent-kafka.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import tensorflow as tf
+import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no `.kafka`
+
+from stream_trainer import metrics
+from stream_trainer.config import KafkaConfig
+from stream_trainer.ingest.intake import Intake
+from stream_trainer.kafka import security
+
+# An offset that no longer exists (retention, a recreated topic) must be an error we can act on,
+# not librdkafka's silent jump to the log end.
+_TFIO_TOPIC = ("auto.offset.reset=error",)
+
+# librdkafka's local queue per partition, in fetches (see read_ahead).
+_FETCHES_AHEAD = 32
+
+_consumers_lock = threading.Lock()
+_consumers = 0
+
+
+def _count_consumer(delta: int) -> None:
+    global _consumers
+    with _consumers_lock:
+        _consumers += delta
+        metrics.KAFKA_CONSUMERS.set(_consumers)
+
+
+def live_consumers() -> int:
+    """librdkafka consumers held by this process's readers right now."""
+    with _consumers_lock:
+        return _consumers
+
+
+def read_ahead(kafka: KafkaConfig) -> list[str]:
+    """librdkafka 1.5.0's read-ahead for one partition, bounded (its default is 1 GiB per partition).
+
+    The rule: ``queued.max.messages.kbytes`` = 32 fetches (32 x ``fetch.message.max.bytes``,
+    1 MiB by default, so 32 MiB): a reader holds at most that plus one fetch arriving, besides the
+    messages it staged in the intake. ``queued.min.messages`` stays at its default: in 1.5.0 a
+    consumer that reaches either bound pauses fetching for a while, and a small message bound
+    (64) cut one partition's reading to ~100 messages/s, 16 MiB to ~500/s, where 32 MiB keeps up
+    with decoding (docs/operations.md has the figures). A ``kafka.client`` value wins.
+    """
+    if "queued.max.messages.kbytes" in kafka.client:
+        return []
+    fetch = int(kafka.client.get("fetch.message.max.bytes", 1048576))
+    return [f"queued.max.messages.kbytes={max(1, _FETCHES_AHEAD * fetch // 1024)}"]
+
+
+def tfio_config(kafka: KafkaConfig) -> list[str]:
+    """tfio's global properties: ours (no group, no commits, bounded read-ahead) plus every
+    ``kafka.client`` property its librdkafka 1.5.0 honours; anything it cannot honour is refused
+    by name (kafka/security.py)."""
+    return security.tfio_properties(kafka) + read_ahead(kafka)
+
+
+class PartitionReader:
+    """Reads one partition from ``start`` (``count`` messages, None = forever) into the intake."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, partition: int, group_id: str, poll_timeout_ms: int,
+                 intake: Intake) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.intake = intake
+        self.started_at = -1
+        self.next_offset = -1  # the offset after the last message read (-1 before the first)
+        self.epoch = 0
+        self._servers = kafka.bootstrap_servers
+        self._config = tfio_config(kafka)
+        self._group = group_id
+        self._timeout = poll_timeout_ms
+
+    def position(self) -> int:
+        """The next offset this reader will read."""
+        return self.next_offset if self.next_offset >= 0 else self.started_at
+
+    @property
+    def retired(self) -> bool:
+        return not self.intake.is_current(self.partition, self)
+
+    def read(self, start: int, epoch: int, count: int | None = None) -> int:
+        """Read from ``start`` until retired, stopped or ``count`` messages were read; return how
+        many were read. Raises tf.errors.OpError when tensorflow-io fails."""
+        self.started_at, self.next_offset, self.epoch = start, -1, epoch
+        spec = f"{self.topic}:{self.partition}:{start}:-1"
+        read = 0
+        with tf.device("/CPU:0"):  # device scopes are per thread: this runs in the reader's
+            ds = tfio_kafka.KafkaDataset(
+                [spec], servers=self._servers, group=self._group, eof=False, timeout=self._timeout,
+                config_global=self._config, config_topic=list(_TFIO_TOPIC), message_key=True, message_offset=True)
+            if count is not None:
+                ds = ds.take(count)
+            iterator = iter(ds)
+            _count_consumer(+1)
+            try:
+                for value, _key, position in iterator:
+                    offset = int(position.numpy().rsplit(b":", 1)[1])
+                    self.next_offset = offset + 1
+                    read += 1
+                    if not self.intake.put(self.partition, self, epoch, offset, value):
+                        break
+            finally:
+                del iterator  # the librdkafka consumer goes with it
+                _count_consumer(-1)
+        return read
