@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import keras
 
@@ -85,6 +86,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     tcfg, topics = settings.trainer, settings.topics
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs.
     workers = make_workers(tcfg.cluster)
+    workers.agree_config(settings)
     try:
         metrics.serve(tcfg.metrics.host, tcfg.metrics.port, workers.index)
     except OSError as exc:
@@ -101,7 +103,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     # The chief owns the checkpoint directory and the group before it restores anything, so a
     # newer copy (rolling update) takes over from the older one's last checkpoint.
     lock = DirectoryLock(tcfg.checkpoint.dir)
-    if workers.is_chief and not claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop):
+    if not workers.chief_only("claiming the checkpoint directory",
+                              lambda: claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop)):
         cluster.close()
         return RunSummary(stopped_by="signal")
     with workers.scope():
@@ -117,7 +120,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
                              tcfg.replay.seed + workers.index, tcfg.replay.policy)  # type: ignore[arg-type]
         metrics.REPLAY_BYTES.set(replay.nbytes)
         if restored and restored.replay:
-            restore_store(replay, restored.replay, cluster, topics.train, tcfg.pipeline.image_size, partitions)
+            workers.together("restoring the replay store", partial(restore_store, replay, restored.replay, cluster,
+                                                                   topics.train, tcfg.pipeline.image_size, partitions))
     starts = start_offsets(cluster, settings, partitions, restored.offsets if restored else {})
     tracker = OffsetTracker(starts)
     batch = tcfg.pipeline.batch_size

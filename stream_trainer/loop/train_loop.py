@@ -161,8 +161,8 @@ class TrainLoop:
         started = time.monotonic()
         metrics.WORKERS.set(self.w.count)
         metrics.GLOBAL_STEP.set(s.step)
-        if self.cfg.eval_every_steps and self.w.is_chief:
-            self._evaluate()  # the untrained (or restored) model's score: the baseline to beat
+        if self.cfg.eval_every_steps:  # the untrained (or restored) model's score: the baseline to beat
+            self.w.chief_only("evaluating", self._evaluate)
         self._window = _Window(s.step, time.monotonic())
         others_had_rows = False
         waited = 0.0
@@ -293,8 +293,9 @@ class TrainLoop:
     def _housekeeping(self, totals: Array) -> None:
         step = self.summary.step
         every_eval = self.cfg.eval_every_steps
-        if every_eval and step - self._last_eval_step >= every_eval and self.w.is_chief:
-            self._evaluate()
+        if every_eval and step - self._last_eval_step >= every_eval:
+            self._last_eval_step = step  # on every worker: the schedule decides a collective round
+            self.w.chief_only("evaluating", self._evaluate)
         every = self.p.store.cfg.every_steps
         if step > self._last_checkpoint_step and (totals[CHECKPOINT] > 0 or
                                                   (every > 0 and step - self._last_checkpoint_step >= every)):
@@ -322,6 +323,7 @@ class TrainLoop:
             # Offsets are not committed: the group must never get ahead of what is saved.
             log.error("%s; keeping the previous checkpoint, retrying in %.0f s", exc, _CHECKPOINT_RETRY_S)
             self._retry_checkpoint_at = time.monotonic() + _CHECKPOINT_RETRY_S
+            self.w.chief_only("exporting", lambda: None)  # the others may have saved: same rounds
             return False
         self._retry_checkpoint_at = None
         self._last_checkpoint_time = time.monotonic()
@@ -333,9 +335,8 @@ class TrainLoop:
             if self.p.committer is not None:
                 self.p.committer.commit(positions)
             log.info("checkpoint %s (step %d, next offsets %s)", path, s.step, positions)
-            if self.p.export is not None:
-                last = s.evals[-1] if s.evals else None
-                self.p.export(s.step, positions, last, final)
+        last = s.evals[-1] if s.evals else None
+        self.w.chief_only("exporting", lambda: self.p.export and self.p.export(s.step, positions, last, final))
         return True
 
     def _evaluate(self) -> None:
