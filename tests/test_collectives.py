@@ -71,7 +71,7 @@ def test_settings_that_differ_between_workers_are_named() -> None:
 
 
 _WORKER = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     import numpy as np
     from stream_trainer.config import ClusterConfig, Settings, build
     from stream_trainer.errors import StreamTrainerError
@@ -116,6 +116,7 @@ _WORKER = textwrap.dedent("""
     except StreamTrainerError as exc:
         out["error"] = str(exc)
     print("RESULT " + json.dumps(out), flush=True)
+    os._exit(0)  # as the CLI does: a worker that never joined leaves TensorFlow's join blocked
 """)
 
 

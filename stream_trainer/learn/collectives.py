@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from stream_trainer.errors import PeerLostError, StreamTrainerError
+from stream_trainer.errors import ConfigError, PeerLostError, StreamTrainerError
 
 Array = npt.NDArray[Any]
 
@@ -165,16 +166,42 @@ def lost(exc: BaseException, index: int, addresses: list[str]) -> PeerLostError:
     return PeerLostError(msg)
 
 
-def not_joined(addresses: list[str], index: int, timeout_s: float) -> PeerLostError:
-    """The error for a job that did not form within ``timeout_s``, naming the workers that are not up."""
-    missing = silent({i: a for i, a in enumerate(addresses) if i != index})
-    if missing:
-        msg = (f"{names(missing, addresses)} did not join within trainer.cluster.join_timeout_s ({timeout_s:g} s); "
-               f"start every worker listed in trainer.cluster.workers")
-    else:
-        msg = (f"every worker answers but the job did not form within trainer.cluster.join_timeout_s "
-               f"({timeout_s:g} s); trainer.cluster.workers must be the same list, in the same order, everywhere")
-    return PeerLostError(msg)
+def rendezvous(addresses: list[str], index: int, timeout_s: float) -> None:
+    """Wait until every other worker's port accepts connections; raise naming those that never did.
+
+    TensorFlow's own join waits without a deadline and holds the GIL while it does, so nothing in
+    this process could time it out: the workers meet here first, each listening on its own port
+    (the one TensorFlow's server takes over a moment later) and connecting to the others'.
+    """
+    port = int(addresses[index].rpartition(":")[2])
+    try:
+        server = socket.create_server(("", port))
+    except OSError as exc:
+        msg = f"config key 'trainer.cluster.workers': this worker cannot listen on port {port} ({exc.strerror})"
+        raise ConfigError(msg) from exc
+    deadline = time.monotonic() + timeout_s
+    waiting = {i: a for i, a in enumerate(addresses) if i != index}
+    try:
+        while True:
+            waiting = {i: a for i, a in waiting.items() if not _accepts(a)}
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                msg = (f"{names(waiting, addresses)} did not join within trainer.cluster.join_timeout_s "
+                       f"({timeout_s:g} s); start every worker listed in trainer.cluster.workers")
+                raise PeerLostError(msg)
+            time.sleep(0.5)
+    finally:
+        server.close()
+
+
+def _accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def run_aside(work: Callable[[], object], name: str) -> tuple[threading.Event, dict[str, Any]]:

@@ -24,6 +24,7 @@ a supervisor restarts the job. A worker whose peers never join exits after
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import logging
 import math
@@ -312,20 +313,20 @@ def scaled_learning_rate(model: ModelConfig, cluster: ClusterConfig, workers: in
 def make_workers(cfg: ClusterConfig) -> Workers:
     """The workers of this job, from ``trainer.cluster`` (or TF_CONFIG); build before any other TF op.
 
-    Raises ``PeerLostError`` naming the workers that did not join within ``join_timeout_s``.
+    Raises ``PeerLostError`` naming the workers that did not come up within ``join_timeout_s``.
     """
     addresses, index = cluster_from_env(cfg)
     if len(addresses) <= 1:
         return Workers()
     log.info("worker %d of %d (%s); waiting up to %.0f s for every worker to join", index, len(addresses),
              addresses[index], cfg.join_timeout_s)
-    # TensorFlow waits for the others without a deadline: the join runs aside, and on time-out
-    # the process exits (cli ends it with os._exit, so the blocked thread holds nothing up).
-    done, box = collectives.run_aside(lambda: MultiWorkers(addresses, index, cfg), "join")
-    if not done.wait(cfg.join_timeout_s):
-        raise collectives.not_joined(addresses, index, cfg.join_timeout_s)
-    if "error" in box:
-        raise box["error"]
-    workers: MultiWorkers = box["result"]
+    collectives.rendezvous(addresses, index, cfg.join_timeout_s)
+    # Every worker was up a moment ago; should one die before TensorFlow's join completes, that
+    # join would wait forever: faulthandler's own thread (it needs no GIL) ends the process then.
+    faulthandler.dump_traceback_later(cfg.join_timeout_s + 60, exit=True)
+    try:
+        workers = MultiWorkers(addresses, index, cfg)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     log.info("all %d workers joined", len(addresses))
     return workers
