@@ -79,10 +79,10 @@ def _workers(rig: Rig, count: int, run: str, addresses: list[str] | None = None,
     for i in only or range(count):
         log = rig.tmp / f"trained-{run}-w{i}.log"
         port = free_port()
-        settings = rig.settings(trainer__loop__trained_log=str(log), trainer__metrics__port=port,
-                                trainer__cluster__workers=addresses if count > 1 else [],
-                                trainer__cluster__index=i, trainer__cluster__peer_timeout_s=PEER_TIMEOUT_S,
-                                trainer__cluster__scratch_dir=str(rig.tmp / f"scratch-{run}-{i}"), **dotted)
+        settings = rig.settings(**{"trainer__loop__trained_log": str(log), "trainer__metrics__port": port,
+                                   "trainer__cluster__workers": addresses if count > 1 else [],
+                                   "trainer__cluster__index": i, "trainer__cluster__peer_timeout_s": PEER_TIMEOUT_S,
+                                   "trainer__cluster__scratch_dir": str(rig.tmp / f"scratch-{run}-{i}"), **dotted})
         config = rig.write_config(f"{run}-w{i}.yaml", settings)
         started.append((rig.trainer(config, f"trainer-{run}-w{i}"), log, port))
     return started
