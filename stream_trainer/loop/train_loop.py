@@ -323,7 +323,6 @@ class TrainLoop:
             # Offsets are not committed: the group must never get ahead of what is saved.
             log.error("%s; keeping the previous checkpoint, retrying in %.0f s", exc, _CHECKPOINT_RETRY_S)
             self._retry_checkpoint_at = time.monotonic() + _CHECKPOINT_RETRY_S
-            self.w.chief_only("exporting", lambda: None)  # the others may have saved: same rounds
             return False
         self._retry_checkpoint_at = None
         self._last_checkpoint_time = time.monotonic()
@@ -335,8 +334,9 @@ class TrainLoop:
             if self.p.committer is not None:
                 self.p.committer.commit(positions)
             log.info("checkpoint %s (step %d, next offsets %s)", path, s.step, positions)
-        last = s.evals[-1] if s.evals else None
-        self.w.chief_only("exporting", lambda: self.p.export and self.p.export(s.step, positions, last, final))
+            if self.p.export is not None:
+                last = s.evals[-1] if s.evals else None
+                self.p.export(s.step, positions, last, final)
         return True
 
     def _evaluate(self) -> None:
