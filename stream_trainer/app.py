@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 
 import keras
 
@@ -102,6 +103,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation runs, and
         # our signal handlers after it: it installs its own for SIGTERM (a preemption notifier).
         workers = make_workers(tcfg.cluster)
+        workers.agree_config(settings)  # before any collective whose running depends on local settings
         resources.enter_context(_signals_set(stop, handle_signals))
         resources.callback(_serve_metrics(settings, workers))
         lock = DirectoryLock(tcfg.checkpoint.dir)
@@ -115,9 +117,10 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         policy = precision.apply(tcfg.model.precision)
         # The chief owns the checkpoint directory and the group before it restores anything, so a
         # newer copy (rolling update) takes over from the older one's last checkpoint.
+        if not workers.chief_only("claiming the checkpoint directory",
+                                  lambda: claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop)):
+            return RunSummary(stopped_by="signal")
         if workers.is_chief:
-            if not claim(lock, cluster, topics.train, tcfg.checkpoint.when_owned, stop):
-                return RunSummary(stopped_by="signal")
             leftovers.remove_abandoned_writes(tcfg.checkpoint.dir)
         with workers.scope():
             model = build_unet(tcfg.pipeline.image_size, tcfg.model)
@@ -191,7 +194,9 @@ def _replay_store(settings: Settings, workers: Workers, cluster: Cluster, restor
                          tcfg.replay.seed + workers.index, tcfg.replay.policy)  # type: ignore[arg-type]
     metrics.REPLAY_BYTES.set(replay.nbytes)
     if restored and restored.replay:
-        restore_store(replay, restored.replay, cluster, settings.topics.train, tcfg.pipeline.image_size, partitions)
+        workers.together("restoring the replay store", partial(restore_store, replay, restored.replay, cluster,
+                                                               settings.topics.train, tcfg.pipeline.image_size,
+                                                               partitions))
     return replay
 
 

@@ -163,6 +163,9 @@ class ClusterConfig:
     max_wait_ms: int = 100
     # A peer that answers no collective for this long is declared lost: every worker exits non-zero.
     peer_timeout_s: float = 60.0
+    # How long a starting worker waits for every other worker to join before it exits naming the
+    # missing ones (a supervisor starting the job staggered needs at most this much slack).
+    join_timeout_s: float = 300.0
     # Where non-chief workers write the checkpoint copies MultiWorkerMirroredStrategy requires.
     scratch_dir: str = ""
     # trainer.model.learning_rate is for one worker's batch; N workers step with N times the
@@ -275,6 +278,7 @@ class Settings:
              "must not list a worker twice"),
             (self.trainer.cluster.max_wait_ms >= 0, "trainer.cluster.max_wait_ms", "must be >= 0"),
             (self.trainer.cluster.peer_timeout_s > 0, "trainer.cluster.peer_timeout_s", "must be > 0"),
+            (self.trainer.cluster.join_timeout_s > 0, "trainer.cluster.join_timeout_s", "must be > 0"),
             (self.trainer.cluster.learning_rate_scaling in {"sqrt", "linear", "none"},
              "trainer.cluster.learning_rate_scaling", "must be sqrt, linear or none"),
             (self.trainer.pipeline.image_size >= 2 ** self.trainer.model.depth

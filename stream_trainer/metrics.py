@@ -123,6 +123,9 @@ LAST_CHECKPOINT = Gauge(
 GLOBAL_STEP = Gauge("stream_trainer_global_step", "Training step of the job, continued across restarts.",
                     registry=REGISTRY)
 WORKERS = Gauge("stream_trainer_workers", "Workers in this training job.", registry=REGISTRY)
+FUNCTION_TRACES = Gauge(
+    "stream_trainer_function_traces", "tf.function traces of this worker's training step and collectives "
+    "since start; bounded, so flat after the first checkpoints.", registry=REGISTRY)
 
 
 class _WithWorker(Collector):

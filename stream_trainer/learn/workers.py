@@ -8,22 +8,29 @@ many rows it has and whether it wants to stop, and the chief says whether to che
 evaluate. Everyone then acts on the same totals: nobody has data -> nobody steps (no optimizer
 update on nothing); someone has data -> everyone steps, idle workers with zero-weight rows.
 
+Everything that decides whether a collective runs (the settings ``collective_settings`` lists)
+must be equal on every worker: ``agree_config`` checks it once at start. Work that one worker
+does alone between collectives (the chief's evaluation, export, claim; each worker's replay
+restore) runs inside ``together``/``chief_only``, which keep every collective short while it lasts.
+
 A worker that dies is noticed by TensorFlow's coordination service (heartbeats, ~10 s); a worker
 that hangs, by the collectives' timeout (``trainer.cluster.peer_timeout_s``). Either way the
-collective raises here as ``PeerLostError`` naming the worker, and the process exits non-zero:
-after an aborted collective TensorFlow needs a fresh process, so a supervisor restarts the job.
+collective raises here as ``PeerLostError`` naming the worker whose server no longer answers,
+and the process exits non-zero: after an aborted collective TensorFlow needs a fresh process, so
+a supervisor restarts the job. A worker whose peers never join exits after
+``trainer.cluster.join_timeout_s`` naming them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import logging
 import math
 import os
-import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,8 +38,9 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from stream_trainer import metrics
-from stream_trainer.config import ClusterConfig, ModelConfig
+from stream_trainer.config import ClusterConfig, ModelConfig, Settings
 from stream_trainer.errors import ConfigError, PeerLostError
+from stream_trainer.learn import agreement, collectives
 from stream_trainer.learn.step import StepFn, input_signature
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,13 @@ Array = npt.NDArray[Any]
 # two: its clock says whether a checkpoint is due by time, its metadata how many partitions exist.
 ROWS, FRESH, STOP, CHECKPOINT, PARTITIONS = range(5)
 VOTE_SIZE = 5
+# A worker's state in ``together``'s keep-alive rounds, one slot per worker.
+_WORKING, _DONE, _DECLINED, _FAILED = 1, 2, 3, 4
+_LOG_WAIT_EVERY_S = 30.0
+
+
+def _nothing() -> None:
+    return None
 
 
 def cluster_from_env(cfg: ClusterConfig) -> tuple[list[str], int]:
@@ -74,6 +89,11 @@ class Workers:
         self.addresses: list[str] = []
         self.strategy = tf.distribute.get_strategy()
         self._step: Any = None
+        metrics.FUNCTION_TRACES.set_function(self.traces)
+
+    def traces(self) -> int:
+        """tf.function traces of this worker's step and collectives so far (bounded)."""
+        return int(self._step.experimental_get_tracing_count()) if self._step is not None else 0
 
     @property
     def is_chief(self) -> bool:
@@ -93,8 +113,24 @@ class Workers:
     def vote(self, ballot: Array) -> Array:
         return ballot
 
-    def sum_vector(self, values: Array) -> Array:
-        """Element-wise sum over workers of an int64 vector (same length everywhere)."""
+    def agree_config(self, settings: Settings) -> None:
+        """Raise ``ConfigError`` naming every setting of ``collective_settings`` that differs between workers."""
+
+    def together(self, what: str, work: Callable[[], object]) -> bool:
+        """Run ``work`` here while every other worker runs its own; return when all are done.
+
+        Every worker calls it at the same point. False everywhere if any worker's ``work`` returned
+        False (the chief's claim gave up on a signal); a worker's exception is raised there, and
+        the others raise ``PeerLostError`` naming it.
+        """
+        return work() is not False
+
+    def chief_only(self, what: str, work: Callable[[], object]) -> bool:
+        """``together`` with ``work`` on the chief and nothing on the other workers."""
+        return self.together(what, work if self.is_chief else _nothing)
+
+    def sum_vector(self, values: Array, what: str = "sum") -> Array:
+        """Element-wise sum over workers of an int64 vector (same length and ``what`` everywhere)."""
         return values
 
     def broadcast_json(self, obj: Any) -> Any:
@@ -129,22 +165,12 @@ class MultiWorkers(Workers):
         # Blocks until every worker has joined the coordination service.
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                                    communication_options=options)
-        strategy = self.strategy
-        device = strategy.extended.worker_devices[0]
+        self._sum = collectives.SumOverWorkers(self.strategy)
+        self._beat_s = min(1.0, cfg.peer_timeout_s / 4)
+        self._other_traces = 0  # broadcast_variables' one-off function
 
-        # Traced once per vector length (a handful: the vote, positions, a start-up broadcast):
-        # collectives need static shapes.
-        def all_sum(values: tf.Tensor) -> tf.Tensor:
-            def replica(v: tf.Tensor) -> tf.Tensor:
-                # A collective needs its input placed; a plain tensor in a tf.function is not yet.
-                with tf.device(device):
-                    v = tf.identity(v)
-                return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v)
-
-            return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
-
-        self._all_sum = tf.function(all_sum)
-        self._step_fn: Any = None
+    def traces(self) -> int:
+        return super().traces() + self._sum.traces() + self._other_traces
 
     def compile_step(self, replica_step: StepFn, image_size: int) -> None:
         strategy = self.strategy
@@ -165,33 +191,69 @@ class MultiWorkers(Workers):
 
     def vote(self, ballot: Array) -> Array:
         t0 = time.monotonic()
-        result = self.sum_vector(ballot)
+        result = self.sum_vector(ballot, "vote")
         metrics.COLLECTIVE_SECONDS.observe(time.monotonic() - t0)
         return result
 
-    def sum_vector(self, values: Array) -> Array:
+    def sum_vector(self, values: Array, what: str = "sum") -> Array:
         try:
-            return np.asarray(self._all_sum(tf.constant(values, tf.int64)).numpy())
+            return self._sum(np.asarray(values, np.int64), what, self.count)
         except tf.errors.OpError as exc:
             raise self._lost(exc) from exc
 
+    def agree_config(self, settings: Settings) -> None:
+        own = agreement.fingerprints(settings)
+        vec = np.zeros((self.count, len(own)), np.int64)
+        vec[self.index] = own
+        table = self.sum_vector(vec.ravel(), "config agreement").reshape(self.count, len(own))
+        agreement.check(table, self.addresses)
+
+    def together(self, what: str, work: Callable[[], object]) -> bool:
+        done, box = collectives.run_aside(work, f"worker-{self.index}-{what.replace(' ', '-')}")
+        t0 = logged = time.monotonic()
+        while True:
+            # Each round is one short collective: the one that paces it is a worker still at work,
+            # and it joins within a beat, far inside the peer timeout.
+            done.wait(self._beat_s)
+            mine = _WORKING
+            if done.is_set():
+                mine = _FAILED if "error" in box else _DECLINED if box.get("result") is False else _DONE
+            vec = np.zeros(self.count, np.int64)
+            vec[self.index] = mine
+            states = self.sum_vector(vec, f"keep-alive while {what}")
+            if (states != _WORKING).all():
+                break
+            if time.monotonic() - logged >= _LOG_WAIT_EVERY_S:
+                logged = time.monotonic()
+                busy = [i for i in range(self.count) if states[i] == _WORKING]
+                log.info("waiting for %s %s (%.0f s so far)", collectives.names(busy, self.addresses), what,
+                         logged - t0)
+        if "error" in box:
+            raise box["error"]
+        failed = [i for i in range(self.count) if states[i] == _FAILED]
+        if failed:
+            msg = (f"{collectives.names(failed, self.addresses)} failed while {what} (its log says why); every "
+                   f"worker stops, restart the whole job (it resumes from the last checkpoint)")
+            raise PeerLostError(msg)
+        return not (states == _DECLINED).any()
+
     def broadcast_json(self, obj: Any) -> Any:
         data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if self.is_chief else np.zeros(0, np.uint8)
-        length = int(self.sum_vector(np.array([data.size], np.int64))[0])
+        length = int(self.sum_vector(np.array([data.size], np.int64), "broadcast size")[0])
         padded = np.zeros(length, np.int64)
         padded[:data.size] = data
-        return json.loads(self.sum_vector(padded).astype(np.uint8).tobytes().decode())
+        return json.loads(self.sum_vector(padded, "broadcast").astype(np.uint8).tobytes().decode())
 
     def gather_json(self, obj: Any) -> list[Any]:
         data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
         sizes = np.zeros(self.count, np.int64)
         sizes[self.index] = data.size
-        sizes = self.sum_vector(sizes)
+        sizes = self.sum_vector(sizes, "gather sizes")
         # Each worker writes its bytes into its own slice of one zero vector; the sum is the union.
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         vec = np.zeros(int(offsets[-1]), np.int64)
         vec[offsets[self.index]:offsets[self.index + 1]] = data
-        summed = self.sum_vector(vec).astype(np.uint8).tobytes()
+        summed = self.sum_vector(vec, "gather").astype(np.uint8).tobytes()
         return [json.loads(summed[offsets[i]:offsets[i + 1]].decode()) for i in range(self.count)]
 
     def broadcast_variables(self, variables: list[tf.Variable]) -> None:
@@ -212,6 +274,7 @@ class MultiWorkers(Workers):
 
             return [[strategy.experimental_local_results(t)[0] for t in group] for group in strategy.run(replica)]
 
+        self._other_traces += 1  # once per start
         try:
             values = tf.function(gather)()
         except tf.errors.OpError as exc:
@@ -221,26 +284,21 @@ class MultiWorkers(Workers):
                 variables[i].assign(value)
 
     def gather_positions(self, own: Mapping[int, int], partitions: int) -> dict[int, int]:
+        # The largest partition count any worker knows: a partition one worker found before the
+        # chief's metadata did must still reach the checkpoint.
+        counts = np.zeros(self.count, np.int64)
+        counts[self.index] = max(partitions, max(own, default=-1) + 1)
+        partitions = int(self.sum_vector(counts, "partition count").max())
         # Two vectors in one sum: which worker owns a partition (count) and its position.
         vec = np.zeros(2 * partitions, np.int64)
         for p, offset in own.items():
-            if p < partitions:
-                vec[p] = 1
-                vec[partitions + p] = offset
-        summed = self.sum_vector(vec)
+            vec[p] = 1
+            vec[partitions + p] = offset
+        summed = self.sum_vector(vec, "positions")
         return {p: int(summed[partitions + p]) for p in range(partitions) if summed[p] > 0}
 
     def _lost(self, exc: tf.errors.OpError) -> PeerLostError:
-        text = str(exc.message)
-        task = re.search(r"/job:worker/(?:replica:\d+/)?task:(\d+)", text)
-        who = "a peer worker"
-        if task and int(task.group(1)) != self.index:
-            i = int(task.group(1))
-            who = f"worker {i} ({self.addresses[i]})"
-        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
-        msg = (f"lost {who}: a collective operation failed ({type(exc).__name__}: {first}); every worker stops, "
-               f"restart the whole job (it resumes from the last checkpoint)")
-        return PeerLostError(msg)
+        return collectives.lost(exc, self.index, self.addresses)
 
 
 def scaled_learning_rate(model: ModelConfig, cluster: ClusterConfig, workers: int) -> ModelConfig:
@@ -253,11 +311,22 @@ def scaled_learning_rate(model: ModelConfig, cluster: ClusterConfig, workers: in
 
 
 def make_workers(cfg: ClusterConfig) -> Workers:
-    """The workers of this job, from ``trainer.cluster`` (or TF_CONFIG); build before any other TF op."""
+    """The workers of this job, from ``trainer.cluster`` (or TF_CONFIG); build before any other TF op.
+
+    Raises ``PeerLostError`` naming the workers that did not come up within ``join_timeout_s``.
+    """
     addresses, index = cluster_from_env(cfg)
     if len(addresses) <= 1:
         return Workers()
-    log.info("worker %d of %d (%s); waiting for every worker to join", index, len(addresses), addresses[index])
-    workers = MultiWorkers(addresses, index, cfg)
+    log.info("worker %d of %d (%s); waiting up to %.0f s for every worker to join", index, len(addresses),
+             addresses[index], cfg.join_timeout_s)
+    collectives.rendezvous(addresses, index, cfg.join_timeout_s)
+    # Every worker was up a moment ago; should one die before TensorFlow's join completes, that
+    # join would wait forever: faulthandler's own thread (it needs no GIL) ends the process then.
+    faulthandler.dump_traceback_later(cfg.join_timeout_s + 60, exit=True)
+    try:
+        workers = MultiWorkers(addresses, index, cfg)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     log.info("all %d workers joined", len(addresses))
     return workers

@@ -161,8 +161,8 @@ class TrainLoop:
         started = time.monotonic()
         metrics.WORKERS.set(self.w.count)
         metrics.GLOBAL_STEP.set(s.step)
-        if self.cfg.eval_every_steps and self.w.is_chief:
-            self._evaluate()  # the untrained (or restored) model's score: the baseline to beat
+        if self.cfg.eval_every_steps:  # the untrained (or restored) model's score: the baseline to beat
+            self.w.chief_only("evaluating", self._evaluate)
         self._window = _Window(s.step, time.monotonic())
         others_had_rows = False
         waited = 0.0
@@ -293,8 +293,9 @@ class TrainLoop:
     def _housekeeping(self, totals: Array) -> None:
         step = self.summary.step
         every_eval = self.cfg.eval_every_steps
-        if every_eval and step - self._last_eval_step >= every_eval and self.w.is_chief:
-            self._evaluate()
+        if every_eval and step - self._last_eval_step >= every_eval:
+            self._last_eval_step = step  # on every worker: the schedule decides a collective round
+            self.w.chief_only("evaluating", self._evaluate)
         every = self.p.store.cfg.every_steps
         if step > self._last_checkpoint_step and (totals[CHECKPOINT] > 0 or
                                                   (every > 0 and step - self._last_checkpoint_step >= every)):
