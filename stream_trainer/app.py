@@ -139,7 +139,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         if not messages:
             log.warning("eval topic '%s' is empty; evaluation disabled for this run", topics.eval)
             return None
-        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir, batch)
+        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir, batch,
+                              max_pixels=tcfg.pipeline.max_pixels)
         for m in evaluator.malformed:
             dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
         return evaluator
@@ -154,7 +155,7 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
 
     watchdog = preflight.Watchdog(settings.kafka, topics.train, security_failed, stop=halt,
                                   group=tcfg.source.group_id).start()
-    dead_letters = DeadLetterWorker(cluster, topics.dead_letter, halt).start()
+    dead_letters = DeadLetterWorker(cluster, topics.dead_letter, halt, threads, tcfg.pipeline, [topics.eval]).start()
     committer = Committer(cluster, topics.train, tracker.positions, halt).start()
     inputs.start()
     parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,

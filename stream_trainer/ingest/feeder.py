@@ -60,7 +60,9 @@ class Feeder:
     def _run(self) -> None:
         try:
             for group in self._iterator:
-                if not self.fresh.put(self._rows(group), self._stop):
+                rows = self._rows(group)
+                # A group whose every message was malformed has no rows (pipeline.decoded_groups).
+                if len(rows) and not self.fresh.put(rows, self._stop):
                     return
             self.exhausted.set()
         except Exception as exc:

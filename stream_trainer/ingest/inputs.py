@@ -96,7 +96,7 @@ class Inputs:
         with tf.device("/CPU:0"):
             self.inbox = Inbox(t.source.queue_capacity)
             decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, t.pipeline.decode_group,
-                                              t.pipeline.decode_threads)
+                                              t.pipeline.decode_threads, t.pipeline.max_pixels)
         self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
                                   self._resolve, stop)
         self.feeder = Feeder(decoded, fresh, starts, stop, on_new_epoch=on_reposition)
