@@ -237,7 +237,7 @@ def _decode_group(values: tf.Tensor, partitions: tf.Tensor, offsets: tf.Tensor, 
 
 
 def decoded_groups(inbox: Inbox, image_size: int, group: int = 64, threads: int = 0,
-                   max_pixels: int = MAX_PIXELS, decode: DecodeFn = decode_message) -> tf.data.Dataset:
+                   max_pixels: int = MAX_PIXELS, decode: DecodeFn | None = None) -> tf.data.Dataset:
     """One batch per group of arrived messages: the decoded rows of its well-formed ones, plus
     ``seen_partition`` (int32[k]) and ``seen_offset`` (int64[k]), every message of the group in
     arrival order, those the decoder dropped included (a group of only malformed ones yields 0 rows).
@@ -266,6 +266,7 @@ def decoded_groups(inbox: Inbox, image_size: int, group: int = 64, threads: int 
               .take_while(lambda v, p, o: tf.logical_or(tf.size(o) > 0, tf.logical_not(ended.read_value()))))
     # flat_map, not a parallel interleave: an interleave fetches its next input (blocking on an
     # empty inbox) before it hands out what it has, holding decoded messages back.
+    decode = decode or decode_message  # looked up now: a test may replace the module's decode_message
     decoded = groups.flat_map(lambda v, p, o: _decode_group(v, p, o, image_size, threads, max_pixels, decode))
     return decoded.prefetch(2).with_options(options)
 
