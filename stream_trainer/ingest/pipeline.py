@@ -119,32 +119,33 @@ def _resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def _header(data: tf.Tensor) -> tf.Tensor:
-    """The first ``_HEADER`` bytes as int64, zero-padded: a truncated file never fails the read."""
-    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, _HEADER), b"\0" * _HEADER]), 0, _HEADER)
-    return tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    """The first ``_HEADER`` bytes, zero-padded: a truncated file never fails a header read."""
+    return tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, _HEADER), b"\0" * _HEADER]), 0, _HEADER)
 
 
-def _number(b: tf.Tensor, first: int, count: int, big_endian: bool) -> tf.Tensor:
-    order = range(count) if big_endian else range(count - 1, -1, -1)
-    out = tf.constant(0, tf.int64)
-    for i in order:
-        out = out * 256 + b[first + i]
-    return out
+def _numbers(head: tf.Tensor, first: int, dtype: tf.DType, little_endian: bool) -> tf.Tensor:
+    """Two numbers of ``dtype`` stored from byte ``first`` of ``head``, as int64."""
+    size = dtype.size * 2
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(head, first, size), dtype, little_endian=little_endian),
+                   tf.int64)
+
+
+def _png_hw(head: tf.Tensor) -> tf.Tensor:
+    wh = _numbers(head, 16, tf.int32, little_endian=False)  # IHDR width, height: unsigned 32-bit
+    return tf.reverse(tf.where(wh < 0, wh + 2**32, wh), [0])
 
 
 def _declared_hw(data: tf.Tensor) -> tf.Tensor:
     """Height and width a PNG (IHDR), GIF (logical screen) or BMP header declares; 0 x 0 otherwise."""
-    b = _header(data)
-    png = tf.stack([_number(b, 20, 4, True), _number(b, 16, 4, True)])
-    gif = tf.stack([_number(b, 8, 2, False), _number(b, 6, 2, False)])
-    bmp = tf.abs(tf.bitcast(tf.cast(tf.stack([_number(b, 22, 4, False), _number(b, 18, 4, False)]), tf.uint32),
-                            tf.int32))  # a BMP stored top-down declares a negative height
-    def starts(magic: bytes) -> tf.Tensor:
-        return tf.strings.substr(data, 0, len(magic)) == magic
+    head = _header(data)
+    gif = tf.reverse(_numbers(head, 6, tf.uint16, little_endian=True), [0])
+    bmp = tf.reverse(tf.abs(_numbers(head, 18, tf.int32, little_endian=True)), [0])  # top-down BMPs: height < 0
 
-    return tf.where(starts(_PNG_SIGNATURE), png,
-                    tf.where(starts(b"GIF8"), gif,
-                             tf.where(starts(b"BM"), tf.cast(bmp, tf.int64), tf.zeros([2], tf.int64))))
+    def starts(magic: bytes) -> tf.Tensor:
+        return tf.strings.substr(head, 0, len(magic)) == magic
+
+    return tf.where(starts(_PNG_SIGNATURE), _png_hw(head),
+                    tf.where(starts(b"GIF8"), gif, tf.where(starts(b"BM"), bmp, tf.zeros([2], tf.int64))))
 
 
 def _not_too_large(hw: tf.Tensor, max_pixels: int) -> tf.Operation:
@@ -187,14 +188,14 @@ def _decode_mask(data: tf.Tensor, max_pixels: int) -> tf.Tensor:
     with tf.name_scope("mask_decode"):
         is_png = tf.debugging.Assert(tf.strings.substr(data, 0, 8) == _PNG_SIGNATURE, ["mask is not a PNG file"])
     with tf.control_dependencies([is_png]):
-        small = _not_too_large(_declared_hw(data), max_pixels)
+        head = _header(data)
+        small = _not_too_large(_png_hw(head), max_pixels)
     # The contract is an 8-bit grayscale PNG (IHDR bit depth 8, colour type 0): decode_png would
     # turn a palette mask into luminance, scale a 16-bit one and decode a JPEG, all silently
     # wrong labels.
     with tf.control_dependencies([small]), tf.name_scope("mask_format"):
-        b = _header(data)
-        gray8 = tf.debugging.Assert(tf.logical_and(tf.equal(b[24], 8), tf.equal(b[25], 0)),
-                                    ["mask is not an 8-bit grayscale PNG; IHDR bit depth, colour type:", b[24:26]])
+        gray8 = tf.debugging.Assert(tf.strings.substr(head, 24, 2) == b"\x08\x00",
+                                    ["mask is not an 8-bit grayscale PNG"])
     with tf.control_dependencies([gray8]), tf.name_scope("mask_decode"):
         return tf.io.decode_png(data, channels=1)
 
