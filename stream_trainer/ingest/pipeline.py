@@ -97,11 +97,13 @@ def decode_example(value: tf.Tensor, image_size: int, max_pixels: int = MAX_PIXE
     }
 
 
-def decode_image(data: tf.Tensor, image_size: int, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
+def decode_image(data: tf.Tensor, image_size: int, max_pixels: int = 0) -> tf.Tensor:
     """One encoded image (JPEG, PNG, GIF, BMP) as the model sees it: uint8, size x size x 3.
 
     Exactly ``decode_example``'s decode and resize, for serving: a model must be given at
     inference what it was trained on. Raises InvalidArgumentError for bytes that are no image.
+    No pixel limit by default: the header checks would be traced into every export's serving
+    graph, which the final export of a stopping trainer has to save within its time budget.
     """
     image, _ = _decode_image(data, image_size, max_pixels)
     return _resize_image(image, image_size)
@@ -167,15 +169,18 @@ def _decode_image(data: tf.Tensor, image_size: int, max_pixels: int) -> tuple[tf
     not counted: only its logical screen size is checked against ``max_pixels``.
     """
 
+    def checked(hw: Callable[[], tf.Tensor]) -> list[tf.Operation]:
+        return [_not_too_large(hw(), max_pixels)] if max_pixels > 0 else []
+
     def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
         stored_hw = tf.io.extract_jpeg_shape(data)[:2]
-        with tf.control_dependencies([_not_too_large(stored_hw, max_pixels)]):
+        with tf.control_dependencies(checked(lambda: stored_hw)):
             scale = tf.add_n([tf.cast(tf.reduce_min(stored_hw) >= r * image_size, tf.int32) for r in (2, 4, 8)])
         image = tf.switch_case(scale, [partial(tf.io.decode_jpeg, data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
         return image, stored_hw
 
     def other() -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.control_dependencies([_not_too_large(_declared_hw(data), max_pixels)]):
+        with tf.control_dependencies(checked(lambda: _declared_hw(data))):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
         return image, tf.shape(image)[:2]
 
