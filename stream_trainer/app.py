@@ -141,7 +141,8 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
                              tcfg.pipeline.image_size)
         # Its own event, not ``stop``: it must still deliver the final holes after the loop stopped.
-        dead_letters = DeadLetterWorker(cluster, topics.dead_letter, threading.Event())
+        dead_letters = DeadLetterWorker(cluster, topics.dead_letter, threading.Event(), threads, tcfg.pipeline,
+                                        [topics.eval])
         committer = Committer(cluster, topics.train, tracker.positions)
         # tfio waits forever on revoked credentials or an untrusted certificate: a confluent-kafka
         # check every 30 s turns them into a clear error and a stop (kafka/preflight.py).
@@ -215,7 +216,7 @@ def _evaluator_factory(settings: Settings, cluster: Cluster, model: keras.Model,
             log.warning("eval topic '%s' is empty; evaluation disabled for this run", topics.eval)
             return None
         evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir,
-                              tcfg.pipeline.batch_size)
+                              tcfg.pipeline.batch_size, max_pixels=tcfg.pipeline.max_pixels)
         for m in evaluator.malformed:
             dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
         return evaluator

@@ -137,6 +137,12 @@ class PipelineConfig:
     # Messages decoded together at most (one "what has arrived" group); decode threads: 0 = AUTOTUNE.
     decode_group: int = 64
     decode_threads: int = 0
+    # Height x width an image or mask may declare in its header (checked before decoding); more is
+    # a dead letter (reason too_large), never an out-of-memory: a 30 KB PNG can declare 65535 x
+    # 65535 (12 GiB decoded). 4096 x 4096 is several times any real photo a 1 MB message carries
+    # (Oxford-IIIT Pet photos are about 500 x 375); each decode in flight then holds at most 48 MiB.
+    # 0 = no limit.
+    max_pixels: int = 4096 * 4096
     flip: bool = True
     seed: int = 0
 
@@ -265,6 +271,7 @@ class Settings:
             (self.trainer.source.poll_timeout_ms > 0, "trainer.source.poll_timeout_ms", "must be > 0"),
             (self.trainer.pipeline.max_batch_wait_ms >= 0, "trainer.pipeline.max_batch_wait_ms", "must be >= 0"),
             (self.trainer.pipeline.decode_group >= 1, "trainer.pipeline.decode_group", "must be >= 1"),
+            (self.trainer.pipeline.max_pixels >= 0, "trainer.pipeline.max_pixels", "must be >= 0 (0 = no limit)"),
             (self.trainer.pipeline.decode_threads >= 0, "trainer.pipeline.decode_threads",
              "must be >= 0 (0 = AUTOTUNE)"),
             (self.trainer.replay.size_mib >= 0, "trainer.replay.size_mib", "must be >= 0 (0 = no replay)"),

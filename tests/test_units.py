@@ -217,7 +217,7 @@ def test_details_are_sentences_without_tensorflow_internals() -> None:
         assert not re.search(r"\{\{|function_node|__wrapped__|\[Op:|Traceback|device:CPU|\n", detail), (name, detail)
     assert poison.classify(poison_messages()["image_decode"]).detail == (
         "image looks like a JPEG (220 bytes) but does not decode, probably truncated or corrupt "
-        "(Invalid JPEG data or crop window)")
+        "(Invalid JPEG data, size 220)")
     assert poison.classify(values["unknown_format"]).detail == (
         "image is not a JPEG, PNG, GIF or BMP file (it starts with bytes 52 49 46 46)")
 
@@ -229,8 +229,9 @@ def test_a_long_detail_is_cut_to_the_limit() -> None:
 
 def test_every_reason_is_reachable_and_listed_in_order() -> None:
     assert poison.REASONS == ("empty", "parse", "missing_field", "field_type", "version", "image_decode",
-                              "mask_decode", "mask_format", "shape_mismatch", "mask_values", "unknown")
-    seen = {poison.classify(v).reason for v in [b"", _value(), _example(image__encoded=[5]),
+                              "mask_decode", "mask_format", "shape_mismatch", "mask_values", "too_large", "unknown")
+    too_large = _example(poison.PNG_SIGNATURE + b"\0\0\0\rIHDR" + bytes.fromhex("00ffffff" * 2))
+    seen = {poison.classify(v).reason for v in [b"", _value(), _example(image__encoded=[5]), too_large,
                                                  *poison_messages().values(), _example(MASK_FORMATS["rgb"][0])]}
     assert seen == set(poison.REASONS)
 

@@ -5,17 +5,25 @@ the document's mask rule must land in the dead-letter topic with the headers the
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
+import tensorflow as tf
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from PIL import Image
 from tensorflow.core.example import example_pb2
 
+from stream_trainer import metrics
 from stream_trainer.app import run_trainer
+from stream_trainer.errors import InputPipelineError
+from stream_trainer.ingest import pipeline
 from stream_trainer.kafka import Cluster
+from stream_trainer.quality import poison
 from tests.pets import tiny_settings
 
 
@@ -108,3 +116,189 @@ def test_hand_built_messages_from_the_document_train(kafka_bootstrap: str, tmp_p
     c = Cluster(settings.kafka)
     assert c.watermarks(settings.topics.dead_letter, [0])[0].high == 1
     c.close()
+
+
+# -- what the document says about edge cases, from raw protobuf bytes ------------------------------
+# Written field by field (tag, length, bytes), as a hand-rolled encoder in any language would: the
+# cases where protobuf libraries and TensorFlow's Example parser read the same bytes differently
+# cannot be built with a protobuf library at all.
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _bytes_list(*values: bytes) -> bytes:
+    return _field(1, b"".join(_field(1, v) for v in values))  # Feature.bytes_list = 1, BytesList.value = 1
+
+
+def _int64_list(*values: int) -> bytes:
+    return _field(3, _field(1, b"".join(_varint(v) for v in values)))  # Feature.int64_list = 3, packed
+
+
+def _entry(key: str, feature: bytes) -> bytes:
+    return _field(1, _field(1, key.encode()) + _field(2, feature))  # Features.feature map entry
+
+
+def _raw_example(*entries: bytes) -> bytes:
+    return _field(1, b"".join(entries))  # Example.features = 1
+
+
+def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+_TRIMAP = np.full((40, 48), 2, np.uint8)
+_TRIMAP[8:32, 10:38] = 1
+_RGB = np.dstack([np.full((40, 48), 200, np.uint8), np.tile(np.arange(48, dtype=np.uint8) * 5, (40, 1)),
+                  np.full((40, 48), 30, np.uint8)])
+_IMAGE, _MASK = _encoded(_RGB, "PNG"), _encoded(_TRIMAP, "PNG")
+_VERSION, _IMG, _MSK = (_entry("format_version", _int64_list(1)), _entry("image/encoded", _bytes_list(_IMAGE)),
+                        _entry("mask/encoded", _bytes_list(_MASK)))
+
+# (message, the dlq.reason the document gives, or None: it trains)
+RAW_CASES = {
+    "all_required_fields": (_raw_example(_VERSION, _IMG, _MSK), None),
+    # Optional fields the trainer does not read train whatever their type or count.
+    "split_as_int64_list": (_raw_example(_VERSION, _IMG, _MSK, _entry("split", _int64_list(7))), None),
+    "source_with_two_values": (_raw_example(_VERSION, _IMG, _MSK, _entry("source", _bytes_list(b"a", b"b"))), None),
+    # produce_ts_ms is read: present, it must be one int64.
+    "produce_ts_ms_as_bytes": (_raw_example(_VERSION, _IMG, _MSK, _entry("produce_ts_ms", _bytes_list(b"1"))),
+                               "field_type"),
+    "produce_ts_ms_two_values": (_raw_example(_VERSION, _IMG, _MSK, _entry("produce_ts_ms", _int64_list(1, 2))),
+                                 "field_type"),
+    # A feature with two list fields (protobuf: the last kind wins): the parser reads the first.
+    "bytes_list_then_int64_list": (_raw_example(_VERSION, _entry("image/encoded", _bytes_list(_IMAGE) + _int64_list(5)),
+                                                _MSK), None),
+    "int64_list_then_bytes_list": (_raw_example(_VERSION, _entry("image/encoded", _int64_list(5) + _bytes_list(_IMAGE)),
+                                                _MSK), "parse"),
+    # One list field written twice (protobuf: merged into two values): the parser reads the first.
+    "bytes_list_twice_good_first": (_raw_example(_VERSION, _entry("image/encoded", _bytes_list(_IMAGE) + _bytes_list(
+        b"junk")), _MSK), None),
+    "bytes_list_twice_junk_first": (_raw_example(_VERSION, _entry("image/encoded", _bytes_list(b"junk") + _bytes_list(
+        _IMAGE)), _MSK), "image_decode"),
+    # A map key written twice: the last entry counts (as in protobuf).
+    "key_twice_good_last": (_raw_example(_VERSION, _entry("mask/encoded", _bytes_list(b"junk")), _IMG, _MSK), None),
+    "key_twice_junk_last": (_raw_example(_VERSION, _IMG, _MSK, _entry("mask/encoded", _bytes_list(b"junk"))),
+                            "mask_decode"),
+}
+
+
+@pytest.mark.parametrize("name", list(RAW_CASES))
+def test_each_documented_edge_case_built_from_raw_protobuf_bytes(name: str) -> None:
+    value, reason = RAW_CASES[name]
+    verdict = poison.examine(value, 32)
+    assert (verdict.reason if verdict else None) == reason, verdict
+    try:  # the pipeline agrees: it trains exactly the messages the classification passes
+        pipeline.decode_example(tf.constant(value), 32)
+        trains = True
+    except tf.errors.InvalidArgumentError:
+        trains = False
+    assert trains == (reason is None)
+
+
+def test_an_rgba_image_trains_with_its_alpha_channel_dropped() -> None:
+    alpha = np.tile(np.arange(40, dtype=np.uint8)[:, None] * 6, (1, 48))  # alpha varies: it must not matter
+    rgba = _raw_example(_VERSION, _entry("image/encoded", _bytes_list(_encoded(np.dstack([_RGB, alpha]), "PNG"))),
+                        _MSK)
+    assert poison.examine(rgba, 32) is None
+    got = pipeline.decode_example(tf.constant(rgba), 32)["image"].numpy()
+    want = pipeline.decode_example(tf.constant(_raw_example(_VERSION, _IMG, _MSK)), 32)["image"].numpy()
+    np.testing.assert_array_equal(got, want)  # the colour channels as they are: not blended with alpha
+
+
+# Java's ImageIO, as a Java producer writes the trimap (tests/java/Masks.java): which IndexColorModel
+# masks are written as 8-bit greyscale (and train) and which as palette PNGs (mask_format).
+JAVA_MASKS = {"byte_gray": None, "grey_ramp_256": None, "grey_4": None, "byte_indexed": "mask_format",
+              "colours_4": "mask_format", "grey_other": "mask_format", "grey_reversed": "mask_format"}
+
+
+def test_java_imageio_masks_train_or_are_mask_format_as_the_document_says(tmp_path: Path) -> None:
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("no java (the Kafka broker of the other tests needs one)")
+    source = Path(__file__).parent / "java" / "Masks.java"
+    subprocess.run([java, str(source), str(tmp_path)], check=True, timeout=120, capture_output=True)
+    image = _encoded(np.full((48, 64, 3), 90, np.uint8), "JPEG")
+    for name, reason in JAVA_MASKS.items():
+        mask = (tmp_path / f"{name}.png").read_bytes()
+        value = _raw_example(_VERSION, _entry("image/encoded", _bytes_list(image)),
+                             _entry("mask/encoded", _bytes_list(mask)))
+        verdict = poison.examine(value, 32)
+        assert (verdict.reason if verdict else None) == reason, (name, verdict, mask[24:26].hex())
+
+
+# -- a good message is never dead-lettered -------------------------------------------------------
+
+
+def test_a_message_the_pipeline_drops_but_that_decodes_alone_stops_the_trainer(
+        kafka_bootstrap: str, tmp_path: Path, new_topic: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = new_topic(partitions=1)
+    settings = tiny_settings(kafka_bootstrap, tmp_path, topic, trainer__loop__max_steps=20,
+                             trainer__loop__max_seconds=90)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(30):
+        p.produce(topic, value=hand_made_message(i))
+    assert p.flush(10) == 0
+    real = pipeline.decode_message
+
+    def fails_at_offset_5(value: tf.Tensor, partition: tf.Tensor, offset: tf.Tensor, size: int,
+                          max_pixels: int = pipeline.MAX_PIXELS) -> dict[str, tf.Tensor]:
+        # Inside the pipeline only (a resource error, an interrupted op): the message itself is fine.
+        with tf.control_dependencies([tf.debugging.Assert(tf.not_equal(offset, 5), ["injected"])]):
+            return real(tf.identity(value), partition, offset, size, max_pixels)
+
+    monkeypatch.setattr(pipeline, "decode_message", fails_at_offset_5)
+    with pytest.raises(InputPipelineError, match=rf"message {topic}\[0\] offset 5 decodes on its own, yet the "
+                                                 r"decode pipeline dropped it: it is not malformed"):
+        run_trainer(settings)
+    c = Cluster(settings.kafka)
+    try:
+        assert c.watermarks(settings.topics.dead_letter, [0])[0].high == 0, "a good message was dead-lettered"
+        assert c.committed(topic, [0]).get(0, 0) <= 5, "the group moved past the message"
+    finally:
+        c.close()
+
+
+# -- eval-topic dead letters: once per message, across restarts --------------------------------
+
+
+def test_a_malformed_eval_message_is_dead_lettered_and_counted_once_across_restarts(
+        kafka_bootstrap: str, tmp_path: Path, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=1)
+    settings = tiny_settings(kafka_bootstrap, tmp_path, topic, trainer__loop__max_steps=8,
+                             trainer__loop__eval_every_steps=4)
+    eval_topic, dead_topic = settings.topics.eval, settings.topics.dead_letter
+    c = Cluster(settings.kafka)
+    c.ensure_topics({eval_topic: 1})
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(200):
+        p.produce(topic, value=hand_made_message(i))
+    for i in range(6):
+        p.produce(eval_topic, value=palette_mask_message() if i == 2 else hand_made_message(1000 + i))
+    assert p.flush(10) == 0
+    counted = metrics.DEAD_LETTERED.labels(eval_topic, "mask_format")
+    try:
+        for start in (1, 2):
+            before = counted._value.get()
+            summary = run_trainer(settings)
+            assert summary.step == 8 * start
+            letters = _dead_letters(kafka_bootstrap, dead_topic, expected=2, timeout_s=5)
+            assert [(h["dlq.topic"], h["dlq.offset"]) for h in
+                    ({k: v.decode() for k, v in m.headers()} for m in letters)] == [(eval_topic, "2")], start
+            assert counted._value.get() - before == (1 if start == 1 else 0), f"counted again at start {start}"
+    finally:
+        c.close()

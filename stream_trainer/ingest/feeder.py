@@ -58,11 +58,12 @@ class Feeder:
         try:
             for group in self._iterator:
                 rows = self._rows(group)
+                # A group whose every message was malformed has no rows (pipeline.decoded_groups).
                 if len(rows) and not self.fresh.put(rows, self._stop):
                     return
             self.exhausted.set()
         except Exception as exc:
-            log.exception("the decode pipeline failed")
+            log.debug("the decode pipeline failed", exc_info=True)  # the one-line error comes from Threads
             self.failure = exc
             raise
 

@@ -104,7 +104,8 @@ class Inputs:
             # Two groups in the queue: the pipeline takes one while the next is handed over; the
             # rest of the read-ahead waits per partition in the intake (fairness, bounds).
             self.inbox = Inbox(2 * group)
-            decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, group, t.pipeline.decode_threads)
+            decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, group, t.pipeline.decode_threads,
+                                              t.pipeline.max_pixels)
         self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
                                   self._resolve, stop, threads, share=staging_share(t.source, group, len(starts)),
                                   group=group, on_reposition=on_reposition, caught_up=self._caught_up)

@@ -334,6 +334,18 @@ class Cluster:
             out[p] = Watermarks(low, high)
         return out
 
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int, timeout_s: float = 5.0) -> int:
+        """The first offset of ``topic[partition]`` whose timestamp is at or after ``timestamp_ms``
+        (the log end when none is)."""
+
+        def read() -> int:
+            (found,) = self.consumer.offsets_for_times([TopicPartition(topic, partition, timestamp_ms)],
+                                                       timeout=timeout_s)
+            return int(found.offset)
+
+        offset = _retry(f"looking up {topic}[{partition}] at time {timestamp_ms}", read, timeout_s)
+        return offset if offset >= 0 else self.watermarks(topic, [partition], timeout_s)[partition].high
+
     def committed(self, topic: str, partitions: Iterable[int], timeout_s: float = 30.0) -> dict[int, int]:
         """The group's committed next-offset per partition; partitions without one are left out."""
         tps = _retry(f"reading committed offsets of group '{self.group_id}'",

@@ -88,13 +88,13 @@ class Evaluator:
     """Evaluates a model on the decoded eval set and writes a picture of a few predictions."""
 
     def __init__(self, model: keras.Model, messages: list[EvalMessage], image_size: int, snapshot_dir: str,
-                 batch_size: int = 16, pictures: int = 4) -> None:
+                 batch_size: int = 16, pictures: int = 4, max_pixels: int = pipeline.MAX_PIXELS) -> None:
         self.model = model
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.pictures = pictures
         self.batches: list[dict[str, tf.Tensor]] = []
         kept: set[int] = set()
-        for batch in pipeline.decode_values([m.value for m in messages], image_size, batch_size):
+        for batch in pipeline.decode_values([m.value for m in messages], image_size, batch_size, max_pixels):
             self.batches.append({"image": batch["image"], "mask": batch["mask"]})  # uint8: a quarter of float32
             kept.update(batch["offset"].numpy().tolist())
         self.size = len(kept)

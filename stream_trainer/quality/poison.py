@@ -1,15 +1,21 @@
 """Why a message was rejected: a bounded reason label (for metrics) and a detail (for people).
 
-The pipeline drops malformed messages silently and at full speed; this module re-examines the
-few dropped ones in Python, one check at a time, so the dead-letter record says exactly what
-was wrong. The checks mirror ``pipeline.decode_example``: the same features, the same decode
-ops, the same mask rule. The detail is a sentence for the team that produced the message
-(often in Java or Go), never TensorFlow's op names or stack text.
+The pipeline drops malformed messages silently and at full speed; this module decodes each
+dropped one again, alone, with the very function the pipeline maps (``pipeline.decode_example``).
+That decoder runs its checks in a fixed order, each under a name scope called after its reason
+(``pipeline.STAGES``), so the reason is the scope of the op that failed: there is one set of rules,
+never a hand-kept copy. A message that decodes here is not malformed (``examine`` returns None):
+the pipeline dropped it for another reason, and it must not be dead-lettered.
+
+Only the detail is written here, a sentence for the team that produced the message (often in
+Java or Go), read from the protobuf and the file headers, never TensorFlow's op names or stack text.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +24,16 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
 
 from stream_trainer import wire
+from stream_trainer.ingest import pipeline
 
 # The bounded label set of dlq.reason and of the dead-letter counter; docs/wire-format.md
 # says what triggers each.
 REASONS = ("empty", "parse", "missing_field", "field_type", "version", "image_decode", "mask_decode",
-           "mask_format", "shape_mismatch", "mask_values", "unknown")
+           "mask_format", "shape_mismatch", "mask_values", "too_large", "unknown")
 
 DETAIL_MAX_CHARS = 300
+# The image size the classification decodes at when none is given; the reason never depends on it.
+DEFAULT_IMAGE_SIZE = 128
 
 # The features pipeline.decode_example parses: (key, list kind, required). An optional one may
 # be absent, but when present it must be well-formed or the whole parse fails.
@@ -45,6 +54,7 @@ _LIST_NAMES = {"bytes_list": "bytes", "int64_list": "int64", "float_list": "floa
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (PNG_SIGNATURE, "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
 # TensorFlow prefixes eager errors with the wrapped function's name and suffixes the op name.
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\](\s*name:\s*\S*)?|jpeg::Uncompress failed\.")
+_NODE = re.compile(r"\{\{node ([^}]+)\}\}")
 
 
 @dataclass(frozen=True)
@@ -59,42 +69,101 @@ def _verdict(reason: str, detail: str) -> Verdict:
     return Verdict(reason, detail)
 
 
-def classify(value: bytes | None) -> Verdict:
-    """Explain why ``value`` is not a trainable wire-format message."""
+@functools.lru_cache(maxsize=4)
+def _decoder(image_size: int, max_pixels: int) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """``pipeline.decode_example`` as one graph (traced once): its errors name the failing op."""
+    return tf.function(lambda value: pipeline.decode_example(value, image_size, max_pixels),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def examine(value: bytes | None, image_size: int = DEFAULT_IMAGE_SIZE,
+            max_pixels: int = pipeline.MAX_PIXELS) -> Verdict | None:
+    """Decode ``value`` alone exactly as the pipeline does: why it is malformed, or None if it decodes.
+
+    Errors other than a malformed message's (out of memory, a cancelled op) propagate.
+    """
     if not value:
         return _verdict("empty", "message value is empty or null")
+    try:
+        _decoder(image_size, max_pixels)(tf.constant(value))
+    except tf.errors.InvalidArgumentError as exc:
+        return _explain(_stage(exc), value, exc)
+    except UnicodeDecodeError:
+        # The Example parser quotes the value in its error when it is no protobuf at all, and
+        # TensorFlow then fails to turn that binary message into a Python string.
+        return _explain("parse", value, None)
+    return None
+
+
+def classify(value: bytes | None, image_size: int = DEFAULT_IMAGE_SIZE,
+             max_pixels: int = pipeline.MAX_PIXELS) -> Verdict:
+    """Explain why ``value`` is not a trainable wire-format message (``unknown`` if it decodes alone)."""
+    verdict = examine(value, image_size, max_pixels)
+    return verdict or _verdict("unknown", "message decodes in isolation; it was rejected inside the pipeline")
+
+
+def _stage(exc: tf.errors.OpError) -> str:
+    """The innermost decoder stage (``pipeline.STAGES``) in the failing op's name, else ``unknown``."""
+    for node in reversed(_NODE.findall(exc.message)):
+        # TensorFlow numbers a scope entered twice (mask_decode_1): the name is the stage.
+        scopes = [name for name in (re.sub(r"_\d+$", "", part) for part in node.split("/")) if name in pipeline.STAGES]
+        if scopes:
+            return scopes[-1]
+    return "unknown"
+
+
+def _explain(stage: str, value: bytes, exc: tf.errors.OpError | None) -> Verdict:
+    """The verdict for a message the decoder rejected in ``stage``."""
     try:
         ex = example_pb2.Example.FromString(value)
     except DecodeError:
         return _verdict("parse", f"message value ({len(value)} bytes) is not a serialized tf.train.Example "
                                  f"protobuf")
     feats = ex.features.feature
-    for key, kind, required in FEATURES:
-        problem = _feature_problem(feats.get(key), key, kind, required)
-        if problem is not None:
-            return problem
-    version = feats[wire.VERSION_KEY].int64_list.value[0]
-    if version != wire.FORMAT_VERSION:
+    if stage == "parse":
+        for key, kind, required in FEATURES:
+            problem = _feature_problem(feats.get(key), key, kind, required)
+            if problem is not None:
+                return problem
+        return _verdict("parse", f"TensorFlow's tf.train.Example parser rejects the value although protobuf reads "
+                                 f"it ({_op_error(exc)}); a feature set twice or with two list kinds does this")
+    if stage == "version":
+        version = feats[wire.VERSION_KEY].int64_list.value[0]
         return _verdict("version", f"format_version is {version}; this trainer reads format_version "
                                    f"{wire.FORMAT_VERSION} only")
-    image_bytes = feats[wire.IMAGE_KEY].bytes_list.value[0]
-    mask_bytes = feats[wire.MASK_KEY].bytes_list.value[0]
-    image = _decode_image(image_bytes)
-    if isinstance(image, Verdict):
-        return image
-    mask = _decode_mask(mask_bytes)
-    if isinstance(mask, Verdict):
-        return mask
-    image_hw, mask_hw = tuple(image.shape[:2]), tuple(mask.shape[:2])
-    if image_hw != mask_hw:
-        return _verdict("shape_mismatch", f"mask is {mask_hw[0]}x{mask_hw[1]} pixels (height x width) but the "
-                                          f"image is {image_hw[0]}x{image_hw[1]}; they must match pixel for pixel")
-    bad = [int(v) for v in np.unique(mask.numpy()) if v not in (wire.PET, wire.BACKGROUND, wire.BORDER)]
-    if bad:
+    image = feats[wire.IMAGE_KEY].bytes_list.value[-1]
+    mask = feats[wire.MASK_KEY].bytes_list.value[-1]
+    if stage == "image_decode":
+        return _image_problem(image, exc)
+    if stage == "too_large":
+        numbers = _asserted(exc)
+        nodes = _NODE.findall(exc.message) if exc is not None else []
+        what = "mask" if any(n.startswith("mask/") for n in nodes) else "image"
+        h, w, limit = [*numbers, 0, 0, 0][:3]
+        return _verdict("too_large", f"{what} declares {h}x{w} pixels (height x width) in its header, more than "
+                                     f"trainer.pipeline.max_pixels ({limit}); it is not decoded")
+    if stage == "mask_decode":
+        return _mask_problem(mask, exc)
+    if stage == "mask_format":
+        head = mask[:32].ljust(32, b"\0")  # as the decoder reads it: a short file is zero-padded
+        return _verdict("mask_format", describe_png_format(head[IHDR_BIT_DEPTH], head[IHDR_COLOUR_TYPE]))
+    if stage == "shape_mismatch":
+        mh, mw, ih, iw = [*_asserted(exc), 0, 0, 0, 0][:4]
+        return _verdict("shape_mismatch", f"mask is {mh}x{mw} pixels (height x width) but the image is {ih}x{iw}; "
+                                          f"they must match pixel for pixel")
+    if stage == "mask_values":
+        values = np.unique(tf.io.decode_png(mask, channels=1).numpy())
+        bad = [int(v) for v in values if v not in (wire.PET, wire.BACKGROUND, wire.BORDER)]
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         return _verdict("mask_values", f"mask holds pixel values {shown}; only 1 (pet), 2 (background) and "
                                        f"3 (border) are allowed")
-    return _verdict("unknown", "message decodes in isolation; it was rejected inside the pipeline")
+    return _verdict("unknown", f"the decoder rejected the message at an unexpected step ({_op_error(exc)})")
+
+
+def _asserted(exc: tf.errors.OpError | None) -> list[int]:
+    """The integers a failed ``tf.debugging.Assert`` of the decoder printed, in order."""
+    text = "" if exc is None else exc.message.split("assertion failed:", 1)[-1].split("\n", 1)[0]
+    return [int(n) for n in re.findall(r"-?\d+", re.sub(r"\[[^\]\d-]*[A-Za-z][^\]]*\]", " ", text))]
 
 
 def _feature_problem(feature: example_pb2.Feature | None, key: str, kind: str, required: bool) -> Verdict | None:
@@ -116,38 +185,22 @@ def _feature_problem(feature: example_pb2.Feature | None, key: str, kind: str, r
     return None
 
 
-def _decode_image(data: bytes) -> tf.Tensor | Verdict:
-    """The image as the pipeline decodes it (JPEG by its magic, anything else by decode_image)."""
+def _image_problem(data: bytes, exc: tf.errors.OpError | None) -> Verdict:
     kind = _format(data)
-    try:
-        if data.startswith(b"\xff\xd8\xff"):
-            return tf.io.decode_jpeg(data, channels=3)
-        return tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, ValueError) as exc:
-        if kind is None:
-            return _verdict("image_decode", f"image is not a JPEG, PNG, GIF or BMP file (it starts with bytes "
-                                            f"{data[:4].hex(' ')})")
-        return _verdict("image_decode", f"image looks like a {kind} ({len(data)} bytes) but does not decode, "
-                                        f"probably truncated or corrupt ({_clean(exc)})")
+    if kind is None:
+        return _verdict("image_decode", f"image is not a JPEG, PNG, GIF or BMP file (it starts with bytes "
+                                        f"{data[:4].hex(' ')})")
+    return _verdict("image_decode", f"image looks like a {kind} ({len(data)} bytes) but does not decode, "
+                                    f"probably truncated or corrupt ({_op_error(exc)})")
 
 
-def _decode_mask(data: bytes) -> tf.Tensor | Verdict:
-    """The mask's class values, or why it is not an 8-bit grayscale PNG."""
+def _mask_problem(data: bytes, exc: tf.errors.OpError | None) -> Verdict:
     if not data.startswith(PNG_SIGNATURE):
         kind = _format(data)
         found = f"it is a {kind} file" if kind else f"it lacks the PNG signature {PNG_SIGNATURE.hex(' ')}"
         return _verdict("mask_decode", f"mask is not a PNG file ({found}); the contract needs a PNG")
-    try:
-        mask = tf.io.decode_png(data, channels=1)
-    except (tf.errors.InvalidArgumentError, ValueError) as exc:
-        return _verdict("mask_decode", f"mask is a PNG ({len(data)} bytes) that does not decode, probably "
-                                       f"truncated or corrupt ({_clean(exc)})")
-    # decode_png converts any PNG to one 8-bit channel: palette indices become luminance and 16-bit
-    # values are rescaled, so the class values are lost. Only the header says what was sent.
-    depth, colour = data[IHDR_BIT_DEPTH], data[IHDR_COLOUR_TYPE]
-    if (depth, colour) != (MASK_BIT_DEPTH, MASK_COLOUR_TYPE):
-        return _verdict("mask_format", describe_png_format(depth, colour))
-    return mask
+    return _verdict("mask_decode", f"mask is a PNG ({len(data)} bytes) that does not decode, probably "
+                                   f"truncated or corrupt ({_op_error(exc)})")
 
 
 def describe_png_format(depth: int, colour: int) -> str:
@@ -164,8 +217,10 @@ def _format(data: bytes) -> str | None:
     return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
 
 
-def _clean(exc: Exception) -> str:
-    """The first line of a TensorFlow error without its function and op names: '{{function_node ...}}'."""
-    text = str(getattr(exc, "message", None) or exc)
+def _op_error(exc: tf.errors.OpError | None) -> str:
+    """The failing op's own message, without TensorFlow's traceback, function and op names."""
+    if exc is None:
+        return "no further detail"
+    text = exc.message.split("\n\t [[", 1)[0].split("\n\n")[-1]
     lines = _TF_NOISE.sub(" ", text).strip().splitlines()
     return " ".join(lines[0].split()).rstrip(" .:") if lines else "no further detail"

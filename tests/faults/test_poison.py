@@ -1,9 +1,10 @@
 """Scenario 3: poison input among good messages, built by hand from the wire contract.
 
-Ten kinds of malformed message go to the dead-letter topic, each with the reason the trainer
-gives; two unusual but valid messages (one within 1 KiB of the topic's ``max.message.bytes``, one
-with a null key) are trained like any other. The good messages around the poison are all trained,
-the trainer keeps training, and its positions move past the poison (holes never block progress).
+Twelve kinds of malformed message (two of them decompression bombs) go to the dead-letter topic,
+each with the reason the trainer gives; two unusual but valid messages (one within 1 KiB of the
+topic's ``max.message.bytes``, one with a null key) are trained like any other. The good messages
+around the poison are all trained, the trainer keeps training, and its positions move past the
+poison (holes never block progress).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tensorflow.core.example import example_pb2
 
 from producer.sources.synthetic import make_record
 from stream_trainer import wire
+from tests.test_decoder import jpeg_bomb, png_bomb
 
 # The topic's own limit, set explicitly so the test means the same on any broker.
 TOPIC_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -118,6 +120,9 @@ def poison_and_edge_cases() -> list[Message]:
                 "version"),
         Message("mask_not_png", b"poison-mask", _fields(base, **{wire.MASK_KEY: b"GIF89a but not really"}),
                 "mask_decode"),
+        # Decompression bombs: a few KB declaring 67 M (PNG) and 3.6 G (JPEG) pixels, refused from the header.
+        Message("png_bomb", b"poison-png-bomb", _fields(base, **{wire.IMAGE_KEY: png_bomb()}), "too_large"),
+        Message("jpeg_bomb", b"poison-jpeg-bomb", _fields(base, **{wire.IMAGE_KEY: jpeg_bomb()}), "too_large"),
         Message("near_max_size_valid", b"valid-near-max", _near_max(base, NEAR_MAX_VALUE_BYTES), None),
         Message("null_key_valid", None, wire.encode(_good(1001), int(time.time() * 1000)), None),
     ]
