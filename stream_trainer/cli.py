@@ -20,9 +20,12 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from stream_trainer.errors import StreamTrainerError, ThreadDiedError
+
+if TYPE_CHECKING:
+    from stream_trainer.config import Settings
 
 log = logging.getLogger("stream_trainer")
 
@@ -55,11 +58,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # tensorflow-io would hang on refused, every place the trainer writes usable, and the cluster
     # proven to accept us as configured.
     from stream_trainer.kafka import preflight, security
-    from stream_trainer.state import writable
 
     security.guard_secrets(settings.kafka)
-    security.check(settings.kafka)
-    writable.check(settings)
+    _offline_checks(settings)
     preflight.check(settings.kafka, settings.topics.train, group=settings.trainer.source.group_id)
     # Imported after the config is valid: TensorFlow takes seconds to load, a typo should not.
     from stream_trainer import app
@@ -96,13 +97,21 @@ def _end_if_stuck(stop: threading.Event, limit_s: float) -> None:
     os._exit(EXIT_UNEXPECTED)
 
 
+def _offline_checks(settings: Settings) -> None:
+    """What ``run`` and ``check-config`` both refuse without connecting: one function, so they cannot drift."""
+    from stream_trainer.kafka import security
+    from stream_trainer.state import writable
+
+    security.check(settings.kafka)  # settings tensorflow-io would hang on or its librdkafka refuses
+    writable.check(settings)  # every place the trainer writes; creates nothing
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     """Every check ``run`` makes before it connects, through the same functions, and nothing that connects."""
     from stream_trainer import config
-    from stream_trainer.kafka import security
 
     settings = config.load(args.file)
-    security.check(settings.kafka)
+    _offline_checks(settings)
     workers = len(settings.trainer.cluster.workers) or 1
     print(f"{args.file}: valid (topic {settings.topics.train}, bootstrap {settings.kafka.bootstrap_servers}, "
           f"worker {settings.trainer.cluster.index} of {workers})")

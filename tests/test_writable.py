@@ -38,3 +38,24 @@ def test_only_this_workers_places_are_checked(tmp_path: Path) -> None:
                           "trainer.checkpoint.dir": str(tmp_path / "c"),
                           "trainer.checkpoint.export_dir": str(tmp_path)})
     writable.check(no_eval)  # no evaluation, no snapshots written
+
+
+def test_check_config_refuses_a_place_the_trainer_cannot_write(tmp_path: Path) -> None:
+    """check-config runs the same offline checks as run: a checkpoint directory that is a file is one line."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"checkpoint": {"dir": str(blocker / "checkpoints")}}}))
+    proc = subprocess.run([sys.executable, "-m", "stream_trainer.cli", "check-config", str(path)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"stream-trainer: error: config key 'trainer.checkpoint.dir': cannot create {blocker / 'checkpoints'}: "
+        f"{blocker} is a file, not a directory"], proc.stderr
+    assert not proc.stdout
