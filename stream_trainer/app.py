@@ -9,14 +9,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import keras
-
 from stream_trainer import metrics
-from stream_trainer.config import CheckpointConfig, Settings
+from stream_trainer.config import Settings
 from stream_trainer.errors import CheckpointError, ConfigError, StreamTrainerError
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inputs import Inputs, start_offsets
@@ -29,11 +26,13 @@ from stream_trainer.learn.replay import ReplayStore
 from stream_trainer.learn.replay_fetch import restore_store
 from stream_trainer.learn.step import make_replica_step
 from stream_trainer.learn.workers import Workers, make_workers, scaled_learning_rate
+from stream_trainer.loop.accountant import Accountant
+from stream_trainer.loop.scorer import Scorer
 from stream_trainer.loop.train_loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.quality.deadletter import DeadLetterWorker
-from stream_trainer.quality.evaluate import EvalResult, Evaluator, read_eval_messages
-from stream_trainer.serve.export import Exporter
+from stream_trainer.serve.export import Publisher
 from stream_trainer.state.checkpoint import CheckpointStore
+from stream_trainer.state.checkpointer import Checkpointer
 from stream_trainer.state.committer import Committer
 from stream_trainer.state.ownership import DirectoryLock, claim
 from stream_trainer.state.progress import OffsetTracker
@@ -130,20 +129,6 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     threads = Threads()
     halt = threading.Event()  # background workers outlive the loop's stop: final dead letters, commit
 
-    def make_evaluator() -> Evaluator | None:
-        try:
-            messages = read_eval_messages(cluster, topics.eval, tcfg.loop.eval_max_images, tcfg.loop.eval_wait_s)
-        except ConfigError as exc:
-            log.warning("evaluation disabled: %s", exc)
-            return None
-        if not messages:
-            log.warning("eval topic '%s' is empty; evaluation disabled for this run", topics.eval)
-            return None
-        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir, batch)
-        for m in evaluator.malformed:
-            dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
-        return evaluator
-
     # tfio waits forever on revoked credentials or an untrusted certificate: a confluent-kafka
     # check every 30 s turns them into a clear error and a stop (kafka/preflight.py).
     security_failures: list[StreamTrainerError] = []
@@ -157,13 +142,17 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
     dead_letters = DeadLetterWorker(cluster, topics.dead_letter, halt).start()
     committer = Committer(cluster, topics.train, tracker.positions, halt).start()
     inputs.start()
+    # The chief scores when it evaluates on a schedule, or when the export policy needs scores.
+    scored = workers.is_chief and (tcfg.loop.eval_every_steps > 0 or tcfg.checkpoint.export_policy == "improved")
     parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
                                                        tcfg.pipeline.image_size),
-                      replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
-                      evaluator=make_evaluator,
-                      export=_exporter(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
+                      accountant=Accountant(topics.train, tracker, dead_letters, replay, tcfg.loop.trained_log),
+                      checkpointer=Checkpointer(store, tracker, committer, replay, workers),
+                      scorer=Scorer(cluster, topics.eval, tcfg.loop, model, tcfg.pipeline.image_size, batch,
+                                    dead_letters) if scored else None,
+                      publisher=Publisher(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
                       inputs=inputs, stop=stop, threads=threads)
-    loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
+    loop = TrainLoop(tcfg.loop, tcfg.checkpoint, parts, tcfg.cluster.max_wait_ms,
                      start_step=restored.step if restored else 0)
     try:
         with _signals_set(stop, handle_signals):
@@ -187,26 +176,3 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
                f"good checkpoint is at step {store.last_saved_step} and a restart resumes there")
         raise CheckpointError(msg)
     return summary
-
-
-def _exporter(cfg: CheckpointConfig, model: keras.Model, topic: str, policy: str) -> Callable[..., None]:
-    exporter = Exporter(cfg, model.input_shape[1])
-    last = [float("-inf")]
-
-    def export(step: int, positions: dict[int, int], evaluation: EvalResult | None, final: bool = False) -> None:
-        if not final and time.monotonic() - last[0] < cfg.export_every_s:
-            return
-        last[0] = time.monotonic()
-        # Scores only from an evaluation of these very weights; older ones would compare the wrong model.
-        scores = None
-        if evaluation is not None and evaluation.step == step:
-            scores = {"mean_iou": evaluation.mean_iou, "pixel_accuracy": evaluation.pixel_accuracy}
-        try:
-            path = exporter.export(model, step, scores, {"topic": topic, "precision": policy,
-                                                         "next_offsets": {str(p): o for p, o in positions.items()}})
-        except CheckpointError as exc:
-            log.error("%s", exc)
-            return
-        metrics.EXPORTS.labels("written" if path is not None else "declined").inc()
-
-    return export
