@@ -113,8 +113,9 @@ class TrainLoop:
             reason = self._stop_reason(started)
             t0 = time.monotonic()
             batch = None if reason else self.p.batcher.next(self.ballot.wait_s())
-            waited += time.monotonic() - t0
-            self.status.window.waited += time.monotonic() - t0
+            took = time.monotonic() - t0
+            waited += took
+            self.status.window.waited += took
             decision = self.ballot.cast(batch, reason)
             if decision.stop:
                 s.stopped_by = reason or "another worker"
