@@ -8,10 +8,13 @@ import dataclasses
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import pytest
 from confluent_kafka import Producer
 from PIL import Image
 
@@ -62,8 +65,16 @@ def _exports(settings: Settings) -> dict[int, dict[str, Any]]:
     return {v: json.loads((root / str(v) / "model.json").read_text()) for v in versions}
 
 
+@pytest.fixture()
+def dtype_policy_restored() -> Iterator[None]:
+    """``run_trainer`` sets the global dtype policy: the tests after this one must not inherit it."""
+    before = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(before)
+
+
 def test_improved_declines_a_model_worsened_by_inverted_masks_and_exports_a_better_one(
-        kafka_bootstrap: str, tmp_path: Path) -> None:
+        kafka_bootstrap: str, tmp_path: Path, dtype_policy_restored: None) -> None:
     name = f"gate-{tmp_path.name[-8:]}"
     good_a, inverted, good_c = f"{name}-a", f"{name}-inverted", f"{name}-c"
     settings = tiny_settings(kafka_bootstrap, tmp_path, good_a, trainer__checkpoint__export_policy="improved",
@@ -73,7 +84,7 @@ def test_improved_declines_a_model_worsened_by_inverted_masks_and_exports_a_bett
     Cluster(settings.kafka).ensure_topics({good_a: 1, inverted: 1, good_c: 1, settings.topics.eval: 1})
     produce_pets(kafka_bootstrap, good_a, 8 * 40, seed=1, eval_topic=settings.topics.eval, eval_count=48)
     _produce_inverted(kafka_bootstrap, inverted, 8 * 40, seed=2)
-    produce_pets(kafka_bootstrap, good_c, 8 * 120, seed=3)
+    produce_pets(kafka_bootstrap, good_c, 8 * 160, seed=3)
 
     good = _run(settings, good_a, 40)
     exported = _exports(settings)
@@ -90,8 +101,8 @@ def test_improved_declines_a_model_worsened_by_inverted_masks_and_exports_a_bett
         (worse.last_eval, first)
     assert list(_exports(settings)) == [40], "a model worsened by inverted masks was exported"
 
-    better = _run(settings, good_c, 120)
-    print(f"good data again, step 200: mean IoU {better.last_eval.mean_iou:.3f}")
+    better = _run(settings, good_c, 160)
+    print(f"good data again, step 240: mean IoU {better.last_eval.mean_iou:.3f}")
     exported = _exports(settings)
-    assert list(exported) == [40, 200], (exported, better.last_eval)
-    assert exported[200]["scores"]["mean_iou"] == better.last_eval.mean_iou > first["mean_iou"]
+    assert list(exported) == [40, 240], (exported, better.last_eval)
+    assert exported[240]["scores"]["mean_iou"] == better.last_eval.mean_iou > first["mean_iou"]
