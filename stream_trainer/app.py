@@ -9,15 +9,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 
-import keras
-
 from stream_trainer import metrics
-from stream_trainer.config import CheckpointConfig, Settings
+from stream_trainer.config import Settings
 from stream_trainer.errors import CheckpointError, ConfigError
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inputs import Inputs, start_offsets
@@ -30,12 +27,14 @@ from stream_trainer.learn.replay import ReplayStore
 from stream_trainer.learn.replay_fetch import restore_store
 from stream_trainer.learn.step import make_replica_step
 from stream_trainer.learn.workers import Workers, make_workers, scaled_learning_rate
+from stream_trainer.loop.accountant import Accountant
+from stream_trainer.loop.scorer import Scorer
 from stream_trainer.loop.train_loop import LoopParts, RunSummary, TrainLoop
 from stream_trainer.quality.deadletter import DeadLetterWorker
-from stream_trainer.quality.evaluate import EvalResult, Evaluator, read_eval_messages
-from stream_trainer.serve.export import Exporter
+from stream_trainer.serve.export import Publisher
 from stream_trainer.state import leftovers, writable
 from stream_trainer.state.checkpoint import CheckpointStore, Restored
+from stream_trainer.state.checkpointer import Checkpointer
 from stream_trainer.state.committer import Committer
 from stream_trainer.state.ownership import DirectoryLock, claim
 from stream_trainer.state.progress import OffsetTracker
@@ -134,27 +133,31 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
 
         starts = start_offsets(cluster, settings, partitions, restored.offsets if restored else {})
         tracker = OffsetTracker(starts)
-        batch = tcfg.pipeline.batch_size
-        fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
-        inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
-                        partition_count, threads)
-        workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
-                             tcfg.pipeline.image_size)
         # Its own event, not ``stop``: it must still deliver the final holes after the loop stopped.
         dead_letters = DeadLetterWorker(cluster, topics.dead_letter, threading.Event(), threads, tcfg.pipeline,
                                         [topics.eval])
+        accountant = Accountant(topics.train, tracker, dead_letters, replay, tcfg.loop.trained_log)
+        batch = tcfg.pipeline.batch_size
+        fresh = FreshRows(capacity=max(2 * batch, tcfg.pipeline.decode_group, tcfg.pipeline.shuffle_buffer))
+        inputs = Inputs(settings, cluster, tracker.reset, starts, fresh, workers.index, workers.count, stop,
+                        partition_count, threads, on_dropped=accountant.dropped)
+        workers.compile_step(make_replica_step(model, optimizer, tcfg.pipeline.image_size, tcfg.pipeline.flip),
+                             tcfg.pipeline.image_size)
         committer = Committer(cluster, topics.train, tracker.positions)
         # tfio waits forever on revoked credentials or an untrusted certificate: a confluent-kafka
         # check every 30 s turns them into a clear error and a stop (kafka/preflight.py).
         watchdog = preflight.Watchdog(settings.kafka, topics.train, interval_s=WATCHDOG_INTERVAL_S,
                                       group=tcfg.source.group_id)
+        # The chief scores when it evaluates on a schedule, or when the export policy needs scores.
+        scored = workers.is_chief and (tcfg.loop.eval_every_steps > 0 or tcfg.checkpoint.export_policy == "improved")
+        publisher = Publisher(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None
         parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
                                                            tcfg.pipeline.image_size),
-                          replay=replay, tracker=tracker, store=store, committer=committer, dead_letters=dead_letters,
-                          evaluator=_evaluator_factory(settings, cluster, model, dead_letters),
-                          export=_exporter(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None,
-                          inputs=inputs, stop=stop, threads=threads)
-        loop = TrainLoop(tcfg.loop, topics.train, parts, tcfg.cluster.max_wait_ms,
+                          accountant=accountant, checkpointer=Checkpointer(store, tracker, committer, replay, workers),
+                          scorer=Scorer(cluster, topics.eval, tcfg.loop, model, tcfg.pipeline.image_size, batch,
+                                        dead_letters, max_pixels=tcfg.pipeline.max_pixels) if scored else None,
+                          publisher=publisher, inputs=inputs, stop=stop, threads=threads)
+        loop = TrainLoop(tcfg.loop, tcfg.checkpoint, parts, tcfg.cluster.max_wait_ms,
                          start_step=restored.step if restored else 0)
 
         # Threads start last, once everything they feed exists; closed in reverse when the run ends.
@@ -201,29 +204,6 @@ def _replay_store(settings: Settings, workers: Workers, cluster: Cluster, restor
     return replay
 
 
-def _evaluator_factory(settings: Settings, cluster: Cluster, model: keras.Model,
-                       dead_letters: DeadLetterWorker) -> Callable[[], Evaluator | None]:
-    """What the loop calls (again, until it succeeds) for its evaluator: the eval topic read once."""
-    tcfg, topics = settings.trainer, settings.topics
-
-    def make_evaluator() -> Evaluator | None:
-        try:
-            messages = read_eval_messages(cluster, topics.eval, tcfg.loop.eval_max_images, tcfg.loop.eval_wait_s)
-        except ConfigError as exc:
-            log.warning("evaluation disabled: %s", exc)
-            return None
-        if not messages:
-            log.warning("eval topic '%s' is empty; evaluation disabled for this run", topics.eval)
-            return None
-        evaluator = Evaluator(model, messages, tcfg.pipeline.image_size, tcfg.loop.snapshot_dir,
-                              tcfg.pipeline.batch_size, max_pixels=tcfg.pipeline.max_pixels)
-        for m in evaluator.malformed:
-            dead_letters.submit(topics.eval, m.partition, m.offset, m.offset + 1)
-        return evaluator
-
-    return make_evaluator
-
-
 def _close_dead_letters(dead_letters: DeadLetterWorker) -> None:
     """End the dead-letter thread; holes still queued stay behind the saved positions (re-read next run)."""
     dead_letters.stop.set()
@@ -235,26 +215,3 @@ def _close_committer(committer: Committer, is_chief: bool) -> None:
     committer.close(_CLOSE_S)
     if is_chief and not committer.flush(_CLOSE_S):
         log.error("final offset commit failed; the group lags the checkpoint until the next run commits")
-
-
-def _exporter(cfg: CheckpointConfig, model: keras.Model, topic: str, policy: str) -> Callable[..., None]:
-    exporter = Exporter(cfg, model.input_shape[1])
-    last = [float("-inf")]
-
-    def export(step: int, positions: dict[int, int], evaluation: EvalResult | None, final: bool = False) -> None:
-        if not final and time.monotonic() - last[0] < cfg.export_every_s:
-            return
-        last[0] = time.monotonic()
-        # Scores only from an evaluation of these very weights; older ones would compare the wrong model.
-        scores = None
-        if evaluation is not None and evaluation.step == step:
-            scores = {"mean_iou": evaluation.mean_iou, "pixel_accuracy": evaluation.pixel_accuracy}
-        try:
-            path = exporter.export(model, step, scores, {"topic": topic, "precision": policy,
-                                                         "next_offsets": {str(p): o for p, o in positions.items()}})
-        except CheckpointError as exc:
-            log.error("%s", exc)
-            return
-        metrics.EXPORTS.labels("written" if path is not None else "declined").inc()
-
-    return export

@@ -26,10 +26,11 @@ The inputs and outputs have these dtypes whatever precision the model computes i
 
 ``export_policy: improved`` exports a model only when its eval mean IoU is at least the last
 exported version's minus ``export_tolerance``. The first export always happens. Without scores
-(evaluation disabled or not yet run) there is nothing to compare, so the model is exported as
-with ``always`` and the log says so: declining would freeze serving on whatever came first.
-The comparison is with the *last exported* version, so a series of exports each just within
-the tolerance can drift down by more than the tolerance in total.
+(no eval data) there is nothing to compare, so the model is exported as with ``always`` and the
+log says so: declining would freeze serving on whatever came first. The trainer never offers
+an unscored export while the eval topic has data (``Publisher``; the loop evaluates the weights
+first). The comparison is with the *last exported* version, so a series of exports each just
+within the tolerance can drift down by more than the tolerance in total.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from stream_trainer import metrics
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError
 from stream_trainer.ingest import pipeline
+from stream_trainer.quality.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,36 @@ class Exporter:
         for tmp in self.dir.glob(f"{_TMP_PREFIX}*"):
             if not _pid_alive(tmp.name.rsplit("-", 1)[-1]):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Publisher:
+    """The trainer's exports: its model at a checkpoint, with the score of exactly those weights.
+
+    Written or declined, each offer is counted (``stream_trainer_exports_total``); a failed
+    write is logged and training goes on (the checkpoint is what matters for recovery)."""
+
+    def __init__(self, cfg: CheckpointConfig, model: keras.Model, topic: str, precision: str) -> None:
+        self.model = model
+        self.topic = topic
+        self.precision = precision
+        self.exporter = Exporter(cfg, model.input_shape[1])
+
+    def publish(self, step: int, positions: Mapping[int, int], evaluation: EvalResult | None) -> Path | None:
+        """Offer the weights at ``step`` (``positions``: the checkpoint's next offsets); the new
+        version, or None when declined or not written."""
+        # Scores only from an evaluation of these very weights; older ones would compare the wrong model.
+        scores = None
+        if evaluation is not None and evaluation.step == step:
+            scores = {"mean_iou": evaluation.mean_iou, "pixel_accuracy": evaluation.pixel_accuracy}
+        meta = {"topic": self.topic, "precision": self.precision,
+                "next_offsets": {str(p): o for p, o in positions.items()}}
+        try:
+            path = self.exporter.export(self.model, step, scores, meta)
+        except CheckpointError as exc:
+            log.error("%s", exc)
+            return None
+        metrics.EXPORTS.labels("written" if path is not None else "declined").inc()
+        return path
 
 
 def serving_archive(model: keras.Model, image_size: int) -> keras.export.ExportArchive:

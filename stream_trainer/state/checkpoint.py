@@ -3,10 +3,10 @@
 The positions ride inside the TensorFlow checkpoint (a ``PythonState`` holding JSON) rather than
 in a side file: a checkpoint and the offsets it reflects can then never disagree, whatever moment
 the process dies at. Offsets are committed to the consumer group only after a save succeeds
-(``committer.py``), so the group never claims more than a checkpoint holds.
+(``checkpointer.py``), so the group never claims more than a checkpoint holds.
 
 The replay store is saved as its members' ``(partition, offset)``, never as image bytes: a
-restart re-reads them from Kafka (``replay_restore.py``), so a checkpoint stays the size of the
+restart re-reads them from Kafka (``learn/replay_fetch.py``), so a checkpoint stays the size of the
 model whatever the store's size.
 
 Multi-worker jobs: every worker joins every save (MultiWorkerMirroredStrategy requires it), the
@@ -88,7 +88,6 @@ class CheckpointStore:
         self.directory = cfg.dir if workers.is_chief else self._scratch(scratch_dir)
         self._manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=cfg.keep)
         self._last_step = 0
-        self._last_time = time.monotonic()
 
     def _scratch(self, base: str) -> str:
         return leftovers.make_scratch(base, self.workers.index)  # also removes those of killed workers
@@ -137,12 +136,6 @@ class CheckpointStore:
         return Restored(step=int(self.step.numpy()), topic=str(data.get("topic", "")), offsets=offsets, path=path,
                         replay=dict(data.get("replay") or {}))
 
-    def expired(self, step: int) -> bool:
-        """True when the step interval or the time interval since the last save has passed."""
-        by_steps = self.cfg.every_steps > 0 and step - self._last_step >= self.cfg.every_steps
-        by_time = self.cfg.every_seconds > 0 and time.monotonic() - self._last_time >= self.cfg.every_seconds
-        return step > self._last_step and (by_steps or by_time)
-
     def save(self, step: int, offsets: Mapping[int, int], replay: Mapping[str, Any] | None = None) -> str:
         """Write weights + optimizer + step + state atomically; raise CheckpointError on failure.
 
@@ -159,7 +152,6 @@ class CheckpointStore:
             msg = f"saving checkpoint at step {step} into {self.directory} failed: {str(exc).splitlines()[0]}"
             raise CheckpointError(msg) from exc
         self._last_step = step
-        self._last_time = time.monotonic()
         return str(path)
 
     def close(self) -> None:
