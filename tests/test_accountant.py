@@ -19,6 +19,7 @@ from stream_trainer.learn.batcher import Batch
 from stream_trainer.loop.accountant import Accountant
 from stream_trainer.quality.deadletter import DeadLetterWorker
 from stream_trainer.state.progress import OffsetTracker
+from stream_trainer.threads import Threads
 
 SIZE = 8
 
@@ -44,7 +45,7 @@ def test_a_dropped_last_message_is_dead_lettered_and_its_position_moves_without_
         cluster.producer.produce(train, value=value, partition=0)
     assert cluster.producer.flush(10) == 0
     stop = threading.Event()
-    dead = DeadLetterWorker(cluster, dlq, stop).start()
+    dead = DeadLetterWorker(cluster, dlq, stop, Threads()).start()
     tracker = OffsetTracker({0: 0})
     accountant = Accountant(train, tracker, dead, None, str(tmp_path / "log" / "trained.log"))
     try:
@@ -74,7 +75,7 @@ def test_a_gap_before_a_trained_row_is_dead_lettered_before_the_row_moves_the_po
         cluster.producer.produce(train, value=value, partition=0)
     assert cluster.producer.flush(10) == 0
     stop = threading.Event()
-    dead = DeadLetterWorker(cluster, dlq, stop)  # not started yet: the hole waits
+    dead = DeadLetterWorker(cluster, dlq, stop, Threads())  # not started yet: the hole waits
     tracker = OffsetTracker({0: 0})
     accountant = Accountant(train, tracker, dead, None)
     accountant.trained(_batch([0, 2], [-1, 0]), step=1)  # offset 1 never became a row

@@ -17,6 +17,7 @@ from stream_trainer.kafka import Cluster
 from stream_trainer.learn.model import build_unet
 from stream_trainer.loop.scorer import RECHECK_FIRST_S, Scorer
 from stream_trainer.quality.deadletter import DeadLetterWorker
+from stream_trainer.threads import Threads
 from tests.pets import produce_pets
 
 SIZE = 32
@@ -41,7 +42,7 @@ def model() -> keras.Model:
 def make_scorer(cluster: Cluster, new_topic: Callable[..., str], model: keras.Model
                 ) -> Iterator[Callable[[str, Clock], Scorer]]:
     stop = threading.Event()
-    dead = DeadLetterWorker(cluster, new_topic(1, "scorer-dlq"), stop)  # not started: holes only queue
+    dead = DeadLetterWorker(cluster, new_topic(1, "scorer-dlq"), stop, Threads())  # not started: holes only queue
 
     def make(topic: str, clock: Clock) -> Scorer:
         cfg = LoopConfig(eval_wait_s=WAIT_S, eval_max_images=8, snapshot_dir="")
