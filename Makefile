@@ -5,7 +5,7 @@ PY       := $(VENV)/bin/python
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-faults soak bench broker deps system-deps lint clean
+.PHONY: demo test test-faults soak bench broker deps system-deps lint clean diagram
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "Python 3.11 or 3.12 is required"'
@@ -57,6 +57,10 @@ soak: deps
 
 broker: deps
 	$(PY) -m stream_trainer.cli broker
+
+# docs/architecture.svg from its text source (Graphviz's dot: apt-get install graphviz).
+diagram:
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

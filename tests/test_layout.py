@@ -93,3 +93,19 @@ def test_no_module_imports_itself_through_others() -> None:
 
     for m in sorted(GRAPH):
         visit(m)
+
+
+def test_the_architecture_drawing_names_only_modules_that_exist_and_every_stage() -> None:
+    """docs/architecture.dot is the drawing's source: kept true, or this fails."""
+    import re
+
+    text = (ROOT.parent / "docs" / "architecture.dot").read_text()
+    dot = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+    clusters = set(re.findall(r"label=\"(\w+)/", dot))
+    assert clusters == {"ingest", "learn", "loop", "state", "quality", "serve"}, clusters
+    named = set(re.findall(r"(\w+)\.py", dot))
+    files = {p.stem for p in ROOT.rglob("*.py")}
+    assert named and named <= files, f"the drawing names modules that do not exist: {sorted(named - files)}"
+    for stage in clusters:
+        drawn = set(re.findall(r"(\w+)\.py", dot.split(f"cluster_{stage}", 1)[1].split("subgraph", 1)[0]))
+        assert drawn <= {p.stem for p in (ROOT / stage).glob("*.py")}, f"{stage}/ is drawn with {sorted(drawn)}"

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from faultlib import Program, Rig, latest_checkpoint
 
 from tests.pets import produce_pets
@@ -29,8 +30,14 @@ EXIT_WITHIN_S = 45
 # Every thread the trainer starts, and a function it calls in its own work: the fault is raised
 # from there, so a thread that swallowed its own errors would fail this test too. One line each.
 SUPERVISED = [
-    pytest.param("committer", "stream_trainer.kafka.cluster:Cluster.keepalive", id="committer"),
-    pytest.param("kafka-watchdog", "stream_trainer.kafka.preflight:check", id="watchdog"),
+    pytest.param("committer", "stream_trainer.kafka.cluster:Cluster.keepalive", 2, id="committer"),
+    pytest.param("kafka-watchdog", "stream_trainer.kafka.preflight:check", 2, id="watchdog"),
+    pytest.param("kafka-reader-0", "stream_trainer.ingest.intake:Intake.put", 2, id="reader"),
+    pytest.param("inbox-pump", "stream_trainer.ingest.intake:Intake._take", 2, id="inbox-pump"),
+    pytest.param("feeder", "stream_trainer.ingest.feeder:Feeder._rows", 2, id="feeder"),
+    pytest.param("partition-watch", "stream_trainer.kafka.cluster:Cluster.watermarks", 2, id="partition-watch"),
+    # The scenario's one malformed message gives the dead-letter worker its one re-read.
+    pytest.param("dead-letter", "stream_trainer.kafka.cluster:Cluster.read_range", 0, id="dead-letter"),
 ]
 
 
@@ -79,12 +86,16 @@ def _wait_training(rig: Rig, trainer: Program) -> None:
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize(("thread", "call"), SUPERVISED)
+@pytest.mark.parametrize(("thread", "call", "after"), SUPERVISED)
 def test_a_background_thread_that_dies_stops_the_trainer_with_one_line_naming_it(
-        rig: Rig, thread: str, call: str) -> None:
-    produce_pets(rig.bootstrap, rig.topic, 40, size=40)
+        rig: Rig, thread: str, call: str, after: int) -> None:
+    produce_pets(rig.bootstrap, rig.topic, 20, size=40, partition=0)
+    poison = Producer({"bootstrap.servers": rig.bootstrap})
+    poison.produce(rig.topic, value=b"not a tf.train.Example", partition=0)
+    assert poison.flush(10) == 0
+    produce_pets(rig.bootstrap, rig.topic, 20, size=40, seed=1, partition=0)
     config = rig.write_config("trainer.yaml", rig.settings())
-    trainer = _faulty(rig, config, thread, call, "--after", "2")
+    trainer = _faulty(rig, config, thread, call, "--after", str(after))
     rc, output, took = _ended(rig, trainer, EXIT_WITHIN_S)
     error = _one_error_line(output)
     assert error == f"{PREFIX}the {thread} thread died: RuntimeError: injected fault in {thread}", output[-3000:]
