@@ -1,6 +1,6 @@
 """The input pipeline as pure tf.data: what has arrived in the inbox, decoded on every core.
 
-Nothing here talks to Kafka. The readers (``source.py``) put raw messages into the inbox
+Nothing here talks to Kafka. The readers (``reader.py``, via ``intake.py``) put raw messages into the inbox
 (``inbox.py``); this pipeline takes out *everything that has arrived* (up to ``decode_group``
 messages), decodes the group with a parallel, order-keeping map, drops the malformed messages
 of the group with ``ignore_errors``, and hands the group on as one batch of decoded rows.

@@ -1,7 +1,7 @@
 """Everything that talks to Kafka through confluent-kafka: metadata, topics, offsets, commits,
 watermarks (lag), the dead-letter producer and re-reading single messages.
 
-The training data itself is read by tensorflow-io (``source.py``); this module is the modern
+The training data itself is read by tensorflow-io (``ingest/reader.py``); this module is the modern
 librdkafka side that does the bookkeeping tfio's bundled librdkafka 1.5.0 cannot.
 """
 

@@ -6,7 +6,7 @@
 * Replay fills the rest of the batch, so a slow stream still trains full batches, and reserves
   ``replay.fraction`` of the batch when fresh rows alone could fill it: old phases of the stream
   keep being rehearsed however fast new data comes (docs/learning.md).
-* Replayed rows never move Kafka positions: only fresh rows are accounted (``loop.py``).
+* Replayed rows never move Kafka positions: only fresh rows are accounted (``loop/accountant.py``).
 """
 
 from __future__ import annotations

@@ -128,6 +128,9 @@ class TrainLoop:
                 waited = 0.0
                 self._step(batch, decision)
             self._housekeeping(decision)
+        # Whatever the reason, a stop is now under way: the readers end, and the shutdown limit
+        # (cli.py) counts from here, so a final save that hangs cannot keep the process.
+        self.p.stop.set()
         self._finish()
         return self._outcome()
 

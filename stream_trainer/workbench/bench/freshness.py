@@ -5,7 +5,7 @@ message with its send time. The trainer's parts train on them as ``TrainLoop`` d
 ``KafkaSource`` readers, ``decoded_groups``, the ``Feeder``, the ``Batcher`` with the
 configured ``max_batch_wait_ms`` and ``shuffle_buffer``, the replay store as configured filling
 every batch, the compiled step, and ``replay.add`` of the fresh rows after it. Each message's
-latency is taken right after the step that trained it, where ``TrainLoop._account`` observes
+latency is taken right after the step that trained it, where ``Accountant.trained`` observes
 ``stream_trainer_produce_to_train_latency_seconds``: per-message values, so exact percentiles.
 """
 
@@ -60,7 +60,7 @@ def measure(ctx: Context, trainer: Trainer, cluster: Cluster, records: list[PetR
         assert batch.rows is not None
         trained.extend((ts, (now_ms - ts) / 1000.0) for ts in batch.rows.produce_ts_ms.tolist())
         rows_per_step.append((batch.n_fresh, batch.n_rows - batch.n_fresh))
-        if replay is not None:  # as TrainLoop._account does after every step
+        if replay is not None:  # as Accountant.trained does after every step
             replay.add(batch.rows.image, batch.rows.mask, batch.rows.partition, batch.rows.offset)
 
     inbox = Inbox(t.source.queue_capacity)

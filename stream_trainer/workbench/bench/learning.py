@@ -7,7 +7,7 @@ partition keeps the stream's order as the producer sent it; decoding still uses 
 
 Two runs, from the same initial weights and seed, through the trainer's own parts
 (``KafkaSource`` -> ``decoded_groups`` -> ``Feeder`` -> ``Batcher`` -> compiled step, then
-``replay.add`` as ``TrainLoop._account`` does): without replay, and with the store as
+``replay.add`` as ``Accountant.trained`` does): without replay, and with the store as
 configured (``trainer.replay``). The run without replay trains A until A's eval IoU plateaus
 (``learning_parts.plateaued``), which fixes the number of A images; both runs then train exactly that many
 fresh A images and the same number of fresh B images. Both phases are evaluated every

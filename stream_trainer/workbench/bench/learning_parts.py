@@ -85,7 +85,7 @@ class Stream:
 
 
 class _Run:
-    """``on_batch`` for ``trainer_batches``: step, account as ``TrainLoop._account`` does, evaluate on schedule."""
+    """``on_batch`` for ``trainer_batches``: step, account as ``Accountant.trained`` does, evaluate on schedule."""
 
     def __init__(self, ctx: Context, stream: Stream, trainer: Trainer, replay: bool) -> None:
         self.lc = ctx.bench.learning
