@@ -47,6 +47,7 @@ CHECKPOINT_EVERY = 5  # steps: one checkpoint interval of work is BATCH x CHECKP
 STALL_TIMEOUT_S = 15.0
 PEER_TIMEOUT_S = 30.0
 DRAIN_S = 300.0
+START_S = 180.0  # a trainer (two on 2 cores) is serving /metrics well within this
 
 
 def _settings(bootstrap: str, topics: dict[str, str], state: Path) -> dict[str, Any]:
@@ -198,8 +199,10 @@ class Soak:
                     time.sleep(0.5)
                 if fault is not None:
                     fault.join(180)  # a phase changes (or the soak ends) with no fault under way
-                if phase + 1 < len(self.workers) and not self.job.stop():
-                    self.problems.append(f"phase {phase}'s job did not stop cleanly on SIGTERM")
+                if phase + 1 < len(self.workers):
+                    self._await_serving(self.job)
+                    if not self.job.stop():
+                        self.problems.append(f"phase {phase}'s job did not stop cleanly on SIGTERM")
             self._finish(producer)
         finally:
             if producer.poll() is None:
@@ -213,11 +216,20 @@ class Soak:
                 self.broker.stop()
         return self._result()
 
+    def _await_serving(self, job: Job) -> None:
+        """A job restarted just before a phase change is let finish its start-up: a SIGTERM during
+        the imports ends a process before it can checkpoint, which is not the stop being tested."""
+        deadline = time.monotonic() + START_S
+        while not job.serving() and time.monotonic() < deadline:
+            job.poll()
+            time.sleep(1)
+
     def _finish(self, producer: subprocess.Popen[bytes]) -> None:
         """Stop producing, let the job train everything the topic holds, stop it, read the topics."""
         assert self.job is not None
         if self.broker is not None and not self.broker.running:
             self.broker.start()
+        self._await_serving(self.job)
         producer.terminate()
         producer.wait(60)
         self.topic = ledger.topic_offsets(self.bootstrap, self.topics["train"])
@@ -227,8 +239,11 @@ class Soak:
             trained = ledger.trained(self._trained_logs())
             letters = {**self.saved_letters, **ledger.dead_letters(self.bootstrap, self.topics["dead_letter"],
                                                                    self.topics["train"])}
-            if not [o for o in self.topic if o not in trained and o not in letters]:
+            left = [o for o in self.topic if o not in trained and o not in letters]
+            if not left:
                 break
+            log.info("soak: draining: %d of %d offsets neither trained nor dead-lettered yet (first %s)",
+                     len(left), len(self.topic), sorted(left)[:5])
             time.sleep(5)
         else:
             self.problems.append(f"the job did not train everything the topic holds within {DRAIN_S:.0f} s")

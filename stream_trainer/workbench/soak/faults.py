@@ -70,7 +70,8 @@ class Stage:
         return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
 
     def partitions(self, topic: str) -> int:
-        md = self.admin().list_topics(topic=topic, timeout=TIMEOUT_S)
+        admin = self.admin()
+        md = admin.list_topics(topic=topic, timeout=TIMEOUT_S)
         return len(md.topics[topic].partitions)
 
 
@@ -141,7 +142,8 @@ def _partitions_added(stage: Stage, rng: random.Random) -> dict[str, Any]:
     count = stage.partitions(stage.train_topic)
     if count >= MAX_PARTITIONS:
         return {"partitions": count, "skipped": f"already {MAX_PARTITIONS}"}
-    stage.admin().create_partitions([NewPartitions(stage.train_topic, count + 1)])[stage.train_topic].result(TIMEOUT_S)
+    admin = stage.admin()  # held until the future resolves: a dropped client cancels its requests
+    admin.create_partitions([NewPartitions(stage.train_topic, count + 1)])[stage.train_topic].result(TIMEOUT_S)
     return {"partitions": count + 1}
 
 
@@ -159,15 +161,17 @@ def _recreate(stage: Stage, topic: str) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+    admin = stage.admin()
     try:  # a trainer that restarted meanwhile may have created it already
-        stage.admin().create_topics([NewTopic(topic, 1, 1)])[topic].result(TIMEOUT_S)
+        admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(TIMEOUT_S)
     except KafkaException as exc:
         if "TOPIC_ALREADY_EXISTS" not in str(exc):
             raise
 
 
 def _eval_emptied(stage: Stage, rng: random.Random) -> dict[str, Any]:
-    stage.admin().delete_topics([stage.eval_topic])[stage.eval_topic].result(TIMEOUT_S)
+    admin = stage.admin()
+    admin.delete_topics([stage.eval_topic])[stage.eval_topic].result(TIMEOUT_S)
     _wait_gone(stage, stage.eval_topic)
     _recreate(stage, stage.eval_topic)
     return {"topic": stage.eval_topic}
@@ -179,7 +183,8 @@ def _dead_letter_unwritable(stage: Stage, rng: random.Random) -> dict[str, Any]:
     What it held is saved first: deleting it would otherwise erase the evidence the verdict reads.
     """
     saved = stage.save_dead_letters()
-    stage.admin().delete_topics([stage.dead_letter_topic])[stage.dead_letter_topic].result(TIMEOUT_S)
+    admin = stage.admin()
+    admin.delete_topics([stage.dead_letter_topic])[stage.dead_letter_topic].result(TIMEOUT_S)
     _wait_gone(stage, stage.dead_letter_topic)
     sent = _produce_bad(stage, messages.poison(rng)[:2], rng)
     time.sleep(DEAD_LETTER_GONE_S)

@@ -121,6 +121,10 @@ class Job:
         self.restarts += 1
         self._start()
 
+    def serving(self) -> bool:
+        """Every worker alive and answering on /metrics: past its start-up, its SIGTERM handler set."""
+        return all(w.proc.poll() is None and probe.scrape(w.port) for w in self.workers)
+
     def samples(self, t_s: float) -> list[probe.Sample]:
         now = time.monotonic()
         return [probe.sample(t_s, self.phase, w.index, w.proc.pid, now - w.started, w.port)
