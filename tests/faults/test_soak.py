@@ -144,12 +144,14 @@ def test_chaos_verdict_an_rss_leak_over_the_stated_rate_fails(mib_per_hour: floa
 
 
 @pytest.mark.faults
-def test_chaos_verdict_a_big_leak_fails_on_the_peaks_even_in_a_short_run() -> None:
-    phases = [(0.0, 150.0), (150.0, 300.0)]  # the 5-minute run: no slope is judged
-    samples = [ChaosSample(float(t), 0, 0, 1, float(t), 700.0 + 2 * t, 40, 60, None, None, None)
+def test_chaos_verdict_a_thread_leak_fails_on_the_peaks_even_in_a_short_run() -> None:
+    phases = [(0.0, 150.0), (150.0, 300.0)]  # the 5-minute run: no slope is judged, nor RSS (warm-up)
+    samples = [ChaosSample(float(t), 0, 0, 1, float(t), 700.0 + 2 * t, 40 + t // 5, 60, None, None, None)
                for t in range(0, 150, 5)]
-    result = judge_resources(samples, phases)["rss_mib"]
-    assert result["state"] == "growing" and result["series"]["phase0/worker0"]["slope_per_hour"] is None, result
+    result = judge_resources(samples, phases)
+    assert result["threads"]["state"] == "growing", result["threads"]
+    assert result["threads"]["series"]["phase0/worker0"]["slope_per_hour"] is None
+    assert result["rss_mib"]["state"] == "not_judged" and result["fds"]["state"] == "flat", result
 
 
 @pytest.mark.faults
@@ -230,10 +232,18 @@ def test_five_minute_chaos_soak_passes_and_every_drawn_fault_happened(tmp_path: 
     drawn = {f["kind"] for f in report["faults"]}
     not_done = [f for f in report["faults"] if not f.get("ok")]
     assert not not_done, f"faults drawn but not injected: {not_done}"
-    assert len(drawn) >= 4, f"a 5-minute run draws 4-9 kinds, this one {drawn}"
+    assert len(drawn) >= 3, f"a 5-minute run draws 4-9 faults (one may wait past the end), this one {drawn}"
     assert report["messages"]["valid_offsets"] > 500 and report["samples"], report["messages"]
     if "trainer_kill" in drawn:
         assert report["exit_causes"].get("soak_kill", 0) >= 1 and report["restarts"] >= 1, report["exits"]
     assert (out / "chaos.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["verdict"]["passed"] and proc.returncode == 0, (report["verdict"], proc.stdout[-3000:],
                                                                   proc.stderr[-3000:])
+
+
+@pytest.mark.faults
+def test_chaos_soak_refuses_a_bad_worker_list_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from stream_trainer.cli import main
+
+    assert main(["soak", "--chaos", "--workers", "1,zero", "--out", "/nonexistent/never-written"]) == 2
+    assert "stream-trainer: error: --workers must list job sizes like 1,2" in capsys.readouterr().err

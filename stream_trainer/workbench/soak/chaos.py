@@ -272,7 +272,7 @@ class Soak:
                 "producer_restarts": self.producer_restarts,
                 "duplicate_bound_per_restart": f"{CHECKPOINT_EVERY} steps x {BATCH} rows x workers",
                 "tolerances": {k: asdict(v) for k, v in judge.TOLERANCES.items()},
-                "process_warmup_s": judge.PROCESS_WARMUP_S, "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S,
+                "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S,
                 "faults": self.fault_records, "exits": exits, "resources": resources, "messages": messages,
                 "transactional_messages": self.stage.transactional_offsets,
                 "verdict": judge.verdict(resources, messages, self.problems + missing),

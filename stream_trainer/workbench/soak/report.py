@@ -7,6 +7,7 @@ one; a resource the trainer does not serve is drawn as an empty panel saying so.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,14 @@ def plot(samples: Sequence[Sample], faults: Sequence[dict[str, Any]], phases: Se
     axes[-1].set_xlabel("minutes (red: faults, dotted purple: trainer exits, black: phase change)")
     if series:
         axes[0].legend(loc="lower right", fontsize=7)
-    verdict = "PASSED" if result["verdict"]["passed"] else "FAILED: " + "; ".join(result["verdict"]["failures"])
+    failures = "; ".join(result["verdict"]["failures"])
+    verdict = "PASSED" if result["verdict"]["passed"] else "FAILED: " + textwrap.shorten(failures, 110)
     m = result["messages"]
     fig.suptitle(f"stream-trainer chaos soak, {result['minutes']:g} min, workers {result['workers']}: {verdict}\n"
                  f"{m['skipped']} skipped of {m['valid_offsets']}, {m['duplicates']} duplicates "
                  f"(bound {m['duplicate_bound']}), {m['valid_dead_lettered']} valid dead-lettered, "
                  f"{len(faults)} faults, {result['restarts']} job restarts", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path)
     plt.close(fig)
 
