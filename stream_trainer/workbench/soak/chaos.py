@@ -114,7 +114,10 @@ class Soak:
     # --- set-up ----------------------------------------------------------------------------------
 
     def _prepare(self) -> str:
-        shutil.rmtree(self.out, ignore_errors=True)  # a new topic each run: old checkpoints would not match it
+        # A new topic each run: old checkpoints and logs would not match it. Only what a soak
+        # writes is removed, never the folder itself (``--out .`` must not empty a checkout).
+        for name in ("state", "logs", "trained", "configs"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
         (self.out / "logs").mkdir(parents=True)
         self.state.mkdir()
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
