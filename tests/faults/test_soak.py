@@ -228,6 +228,7 @@ def test_five_minute_chaos_soak_passes_and_every_drawn_fault_happened(tmp_path: 
                            "--workers", "1,2", "--seed", str(seed), "--out", str(out)],
                           cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=1500)
     print(proc.stdout)
+    assert (out / "chaos.json").exists(), proc.stderr[-5000:]
     report = json.loads((out / "chaos.json").read_text())
     drawn = {f["kind"] for f in report["faults"]}
     not_done = [f for f in report["faults"] if not f.get("ok")]

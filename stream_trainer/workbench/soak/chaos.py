@@ -107,6 +107,9 @@ class Soak:
         self.broker: LocalBroker | None = None
         self.job: Job | None = None
         self.jobs: list[Job] = []
+        self.topic: set[tuple[int, int]] = set()
+        self.letters: dict[tuple[int, int], str] = {}
+        self.phases: list[tuple[float, float]] = []
 
     def clock(self) -> float:
         return time.monotonic() - self.t0
@@ -207,6 +210,9 @@ class Soak:
                     if not self.job.stop():
                         self.problems.append(f"phase {phase}'s job did not stop cleanly on SIGTERM")
             self._finish(producer)
+        except Exception as exc:
+            log.exception("soak: the soak itself failed")
+            self.problems.append(f"the soak itself failed: {type(exc).__name__}: {exc}")
         finally:
             if producer.poll() is None:
                 producer.kill()
@@ -235,7 +241,15 @@ class Soak:
         self._await_serving(self.job)
         producer.terminate()
         producer.wait(60)
-        self.topic = ledger.topic_offsets(self.bootstrap, self.topics["train"])
+        for attempt in range(3):  # a broker restarted by the last fault may still be electing leaders
+            try:
+                self.topic = ledger.topic_offsets(self.bootstrap, self.topics["train"])
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                log.warning("soak: reading the topic failed; retrying in 10 s", exc_info=True)
+                time.sleep(10)
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline:
             self.job.poll()

@@ -56,7 +56,7 @@ def scrape(port: int, timeout_s: float = 2.0) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
             return str(resp.read().decode())
-    except OSError:
+    except Exception:  # noqa: BLE001 - refused, reset, a torn response from a dying process: not serving
         return ""
 
 
