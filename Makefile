@@ -5,7 +5,7 @@ PY       := $(VENV)/bin/python
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-faults soak bench broker deps system-deps lint clean diagram
+.PHONY: demo test test-faults soak soak-chaos bench broker deps system-deps lint clean diagram
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "Python 3.11 or 3.12 is required"'
@@ -54,6 +54,11 @@ bench: deps
 
 soak: deps
 	$(PY) -m stream_trainer.cli soak --minutes $${SOAK_MINUTES:-30}
+
+# An hour of faults every 30-60 s: one worker, then a two-worker job (half the time each).
+soak-chaos: deps
+	$(PY) -m stream_trainer.cli soak --chaos --minutes $${SOAK_MINUTES:-60} --workers $${SOAK_WORKERS:-1,2} \
+	  $${SOAK_SEED:+--seed $$SOAK_SEED} --out runs/soak-chaos
 
 broker: deps
 	$(PY) -m stream_trainer.cli broker

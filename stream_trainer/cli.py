@@ -162,9 +162,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
+    if args.chaos:
+        from stream_trainer.workbench.soak import chaos
+
+        try:
+            workers = [int(n) for n in args.workers.split(",")]
+        except ValueError:
+            workers = []
+        if not workers or min(workers) < 1:
+            msg = f"--workers must list job sizes like 1,2, not {args.workers!r}"
+            raise StreamTrainerError(msg)
+        return chaos.main(minutes=60.0 if args.minutes is None else args.minutes, workers=workers, seed=args.seed,
+                          out=Path(args.out or "runs/soak-chaos"))
     from stream_trainer.workbench import soak
 
-    return soak.main(minutes=args.minutes, workdir=Path(args.workdir))
+    return soak.main(minutes=30.0 if args.minutes is None else args.minutes,
+                     workdir=Path(args.out or args.workdir))
 
 
 def _int_env(name: str) -> int | None:
@@ -221,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     soak = sub.add_parser("soak", help="producer + trainer for a long time; plots RSS over time")
-    soak.add_argument("--minutes", type=float, default=30.0)
+    soak.add_argument("--minutes", type=float, default=None, help="default 30, with --chaos 60")
     soak.add_argument("--workdir", default="runs/soak")
+    soak.add_argument("--chaos", action="store_true",
+                      help="inject a fault every 30-60 s; judge resources, skipped, duplicates, dead letters")
+    soak.add_argument("--workers", default="1,2", help="with --chaos: job size of each phase (time split evenly)")
+    soak.add_argument("--seed", type=int, default=None, help="with --chaos: the fault schedule's seed")
+    soak.add_argument("--out", default=None, help="output folder (default runs/soak, with --chaos runs/soak-chaos)")
     soak.set_defaults(func=_cmd_soak)
     return p
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import os
+import random
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +25,10 @@ from stream_trainer.workbench.soak import (
     slope_mib_per_hour,
     verdict,
 )
+from stream_trainer.workbench.soak.faults import KINDS, schedule
+from stream_trainer.workbench.soak.judge import TOLERANCES, judge_messages, judge_resources
+from stream_trainer.workbench.soak.judge import verdict as chaos_verdict
+from stream_trainer.workbench.soak.probe import Sample as ChaosSample
 
 
 def _series(minutes: float, rss: Callable[[float], float]) -> list[Sample]:
@@ -88,3 +97,154 @@ def test_soak_command_writes_the_rss_plot_and_report(tmp_path: Path) -> None:
     assert report["verdict"] == "too_short" and report["problem"] == ""
     assert report["trainer_steps"] > 0 and len(report["samples"]) >= 20
     assert (tmp_path / "rss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the chaos soak (``stream-trainer soak --chaos``) ----------------------------------------------
+
+HOUR_PHASES = [(0.0, 1800.0), (1800.0, 3600.0)]  # the 60-minute run: one worker, then two
+
+
+def _chaos_samples(value: Callable[[float, int], float | None], field: str = "rss_mib",
+                   restarts_every_s: float = 400.0) -> list[ChaosSample]:
+    """Both phases of a 60-minute run sampled every 5 s; every worker restarts every ``restarts_every_s``."""
+    out = []
+    for phase, (start, end) in enumerate(HOUR_PHASES):
+        for worker in range(phase + 1):
+            for t in np.arange(start, end, 5.0):
+                up = (t - start) % restarts_every_s
+                v = value(float(t), worker)
+                values = {"rss_mib": 700.0, "threads": 40, "fds": 60, "consumers": 2.0, "traces": 9.0, "step": t}
+                values[field] = v
+                out.append(ChaosSample(float(t), phase, worker, 1000 + worker, float(up), **values))  # type: ignore[arg-type]
+    return out
+
+
+def _noise(t: float, worker: int) -> float:
+    return float(np.random.default_rng(int(t) * 3 + worker).uniform(-2.0, 2.0))
+
+
+@pytest.mark.faults
+def test_chaos_verdict_flat_resources_across_restarts_pass() -> None:
+    samples = _chaos_samples(lambda t, w: 700.0 + _noise(t, w))
+    resources = judge_resources(samples, HOUR_PHASES)
+    assert {r["state"] for r in resources.values()} == {"flat"}, resources
+    assert resources["rss_mib"]["series"]["phase1/worker1"]["slope_per_hour"] is not None  # judged on 15 min
+    messages = judge_messages({(0, o) for o in range(100)}, Counter({(0, o): 1 for o in range(100)}), {}, {}, 20)
+    assert chaos_verdict(resources, messages, [])["passed"]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(("mib_per_hour", "state"), [(40.0, "growing"), (25.0, "growing"), (12.0, "flat")])
+def test_chaos_verdict_an_rss_leak_over_the_stated_rate_fails(mib_per_hour: float, state: str) -> None:
+    assert TOLERANCES["rss_mib"].max_slope_per_hour == 20.0  # the figure docs/reliability.md states
+    samples = _chaos_samples(lambda t, w: 700.0 + mib_per_hour * t / 3600 + _noise(t, w))
+    resources = judge_resources(samples, HOUR_PHASES)
+    assert resources["rss_mib"]["state"] == state, resources["rss_mib"]
+    assert chaos_verdict(resources, judge_messages(set(), Counter(), {}, {}, 0), [])["passed"] == (state == "flat")
+
+
+@pytest.mark.faults
+def test_chaos_verdict_a_thread_leak_fails_on_the_peaks_even_in_a_short_run() -> None:
+    phases = [(0.0, 150.0), (150.0, 300.0)]  # the 5-minute run: no slope is judged, nor RSS (warm-up)
+    samples = [ChaosSample(float(t), 0, 0, 1, float(t), 700.0 + 2 * t, 40 + t // 5, 60, None, None, None)
+               for t in range(0, 150, 5)]
+    result = judge_resources(samples, phases)
+    assert result["threads"]["state"] == "growing", result["threads"]
+    assert result["threads"]["series"]["phase0/worker0"]["slope_per_hour"] is None
+    assert result["rss_mib"]["state"] == "not_judged" and result["fds"]["state"] == "flat", result
+
+
+@pytest.mark.faults
+def test_chaos_verdict_a_leaked_reader_per_fault_fails_and_a_missing_gauge_is_null() -> None:
+    leaking = _chaos_samples(lambda t, w: 2.0 + (t % 1800) // 45, field="consumers", restarts_every_s=4000)
+    assert judge_resources(leaking, HOUR_PHASES)["consumers"]["state"] == "growing"
+    threads = _chaos_samples(lambda t, w: 40.0 + (t % 1800) // 45, field="threads", restarts_every_s=4000)
+    assert judge_resources(threads, HOUR_PHASES)["threads"]["state"] == "growing"
+    missing = _chaos_samples(lambda t, w: None, field="consumers")
+    resources = judge_resources(missing, HOUR_PHASES)
+    assert resources["consumers"]["state"] == "not_recorded" and resources["rss_mib"]["state"] == "flat"
+
+
+@pytest.mark.faults
+def test_chaos_verdict_skipped_duplicated_and_dead_lettered_offsets() -> None:
+    topic = {(p, o) for p in (0, 1) for o in range(50)}
+    bad = {(0, 10): "poison", (1, 20): "jpeg_bomb"}
+    letters = {(0, 10): "parse", (1, 20): "image_decode"}  # a bomb counts with any reason
+    trained = Counter(topic - set(bad))
+    flat = judge_resources([], [(0.0, 60.0)])
+
+    def passed(trained: Counter[tuple[int, int]], letters: dict[tuple[int, int], str], bound: int = 20) -> bool:
+        return bool(chaos_verdict(flat, judge_messages(topic, trained, bad, letters, bound), [])["passed"])
+
+    assert passed(trained, letters)
+    assert not passed(trained - Counter({(1, 33): 1}), letters), "one skipped offset must fail"
+    assert not passed(trained + Counter({(0, o): 1 for o in range(20, 41)}), letters), "21 duplicates > 20"
+    assert passed(trained + Counter({(0, o): 1 for o in range(20, 40)}), letters), "20 duplicates = the bound"
+    assert not passed(trained, {**letters, (1, 3): "unknown"}), "a valid message dead-lettered must fail"
+    assert not passed(trained, {(0, 10): "parse"}), "a bomb not dead-lettered must fail"
+    assert not passed(trained + Counter({(0, 10): 1}), letters), "poison trained must fail"
+    m = judge_messages(topic, trained - Counter({(1, 33): 1}), bad, letters, 20)
+    assert m["skipped"] == 1 and m["skipped_first"] == [(1, 33)]
+
+
+@pytest.mark.faults
+def test_chaos_schedule_is_seeded_spaced_and_meets_every_kind_before_any_twice() -> None:
+    plan = schedule(11, 3600.0)
+    assert plan == schedule(11, 3600.0) and plan != schedule(12, 3600.0)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(plan)]
+    assert all(29.9 <= g <= 60.1 for g in gaps) and 30.0 <= plan[0][0] <= 60.0
+    assert {k for _, k in plan[:len(KINDS)]} == set(KINDS)
+    assert 60 <= len(plan) <= 120
+
+
+@pytest.mark.faults
+def test_chaos_bombs_are_small_and_declare_billions_of_bytes() -> None:
+    from PIL import Image
+    from tensorflow.core.example import example_pb2
+
+    from stream_trainer import wire
+    from stream_trainer.workbench.soak import messages
+
+    for kind, value in messages.bombs():
+        ex = example_pb2.Example.FromString(value)
+        image = ex.features.feature[wire.IMAGE_KEY].bytes_list.value[0]
+        with pytest.raises(Image.DecompressionBombError):  # PIL itself refuses it
+            Image.open(io.BytesIO(image))
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            width, height = Image.open(io.BytesIO(image)).size
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        assert len(value) < 4096 and width * height >= 20000 * 20000, (kind, len(value), width, height)
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_five_minute_chaos_soak_passes_and_every_drawn_fault_happened(tmp_path: Path) -> None:
+    seed = int(os.environ.get("FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
+    print(f"chaos soak: FAULT_SEED={seed}")
+    out = tmp_path / "chaos"
+    proc = subprocess.run([sys.executable, "-m", "stream_trainer.cli", "soak", "--chaos", "--minutes", "5",
+                           "--workers", "1,2", "--seed", str(seed), "--out", str(out)],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=1500)
+    print(proc.stdout)
+    assert (out / "chaos.json").exists(), proc.stderr[-5000:]
+    report = json.loads((out / "chaos.json").read_text())
+    drawn = {f["kind"] for f in report["faults"]}
+    not_done = [f for f in report["faults"] if not f.get("ok")]
+    assert not not_done, f"faults drawn but not injected: {not_done}"
+    assert len(drawn) >= 3, f"a 5-minute run draws 4-9 faults (one may wait past the end), this one {drawn}"
+    assert report["messages"]["valid_offsets"] > 500 and report["samples"], report["messages"]
+    if "trainer_kill" in drawn:
+        assert report["exit_causes"].get("soak_kill", 0) >= 1 and report["restarts"] >= 1, report["exits"]
+    assert (out / "chaos.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["verdict"]["passed"] and proc.returncode == 0, (report["verdict"], proc.stdout[-3000:],
+                                                                  proc.stderr[-3000:])
+
+
+@pytest.mark.faults
+def test_chaos_soak_refuses_a_bad_worker_list_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from stream_trainer.cli import main
+
+    assert main(["soak", "--chaos", "--workers", "1,zero", "--out", "/nonexistent/never-written"]) == 2
+    assert "stream-trainer: error: --workers must list job sizes like 1,2" in capsys.readouterr().err

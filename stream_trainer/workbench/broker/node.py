@@ -116,6 +116,18 @@ class KafkaNode:
                 start_new_session=True, preexec_fn=die_with_parent,
             )
 
+    def pause(self) -> None:
+        """SIGSTOP: the JVM freezes with its sockets open (a GC pause or a hung host, to its clients)."""
+        if self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        if self.running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGCONT)
+
     def send_stop(self, kill: bool = False) -> None:
         """Send SIGTERM (a controlled shutdown) or SIGKILL without waiting; ``wait_stopped`` waits."""
         if self.running:
