@@ -28,9 +28,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaException
 
 from stream_trainer.config import KafkaConfig
+from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka import Cluster
 from stream_trainer.threads import Threads
 from stream_trainer.workbench.broker import LocalBroker
@@ -39,6 +42,7 @@ from stream_trainer.workbench.soak.job import Job, child_env
 from stream_trainer.workbench.soak.probe import Sample
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAMPLE_EVERY_S = 5.0
 PARTITIONS = 4  # two per worker in the two-worker phase
@@ -241,21 +245,12 @@ class Soak:
         self._await_serving(self.job)
         producer.terminate()
         producer.wait(60)
-        for attempt in range(3):  # a broker restarted by the last fault may still be electing leaders
-            try:
-                self.topic = ledger.topic_offsets(self.bootstrap, self.topics["train"])
-                break
-            except Exception:
-                if attempt == 2:
-                    raise
-                log.warning("soak: reading the topic failed; retrying in 10 s", exc_info=True)
-                time.sleep(10)
+        self.topic = _retrying(lambda: ledger.topic_offsets(self.bootstrap, self.topics["train"]))
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline:
             self.job.poll()
             trained = ledger.trained(self._trained_logs())
-            letters = {**self.saved_letters, **ledger.dead_letters(self.bootstrap, self.topics["dead_letter"],
-                                                                   self.topics["train"])}
+            letters = {**self.saved_letters, **self._dead_letters()}
             left = [o for o in self.topic if o not in trained and o not in letters]
             if not left:
                 break
@@ -266,8 +261,10 @@ class Soak:
             self.problems.append(f"the job did not train everything the topic holds within {DRAIN_S:.0f} s")
         if not self.job.stop():
             self.problems.append("the last job did not stop cleanly on SIGTERM")
-        self.letters = {**self.saved_letters, **ledger.dead_letters(self.bootstrap, self.topics["dead_letter"],
-                                                                    self.topics["train"])}
+        self.letters = {**self.saved_letters, **self._dead_letters()}
+
+    def _dead_letters(self) -> dict[ledger.Offset, str]:
+        return _retrying(lambda: ledger.dead_letters(self.bootstrap, self.topics["dead_letter"], self.topics["train"]))
 
     def _trained_logs(self) -> list[Path]:
         return [p for job in self.jobs for p in job.trained_logs]
@@ -307,3 +304,15 @@ def main(minutes: float, workers: list[int], seed: int | None, out: Path) -> int
         print(line)
     print(f"soak: wrote {out / 'chaos.png'} and {out / 'chaos.json'}; replay with --seed {seed}")
     return 0 if result["verdict"]["passed"] else 1
+
+
+def _retrying(read: Callable[[], T], attempts: int = 6, pause_s: float = 10.0) -> T:
+    """``read()``, again after a pause when it fails: a broker restarted by the last fault may
+    still be electing leaders when the soak reads the topics for its verdict."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except (KafkaException, StreamTrainerError):
+            log.warning("soak: reading the topics failed; retrying in %.0f s", pause_s, exc_info=True)
+            time.sleep(pause_s)
+    return read()
