@@ -34,7 +34,7 @@ SUPERVISED = [
     pytest.param("kafka-watchdog", "stream_trainer.kafka.preflight:check", 2, id="watchdog"),
     pytest.param("kafka-reader-0", "stream_trainer.ingest.intake:Intake.put", 2, id="reader"),
     pytest.param("inbox-pump", "stream_trainer.ingest.intake:Intake._take", 2, id="inbox-pump"),
-    pytest.param("feeder", "stream_trainer.ingest.feeder:Feeder._rows", 2, id="feeder"),
+    pytest.param("feeder", "stream_trainer.ingest.feeder:Feeder._rows", 0, id="feeder"),
     pytest.param("partition-watch", "stream_trainer.kafka.cluster:Cluster.watermarks", 2, id="partition-watch"),
     # The scenario's one malformed message gives the dead-letter worker its one re-read.
     pytest.param("dead-letter", "stream_trainer.kafka.cluster:Cluster.read_range", 0, id="dead-letter"),
