@@ -86,6 +86,41 @@ def test_decode_parallelism_does_not_depend_on_partitions_and_keeps_order_per_pa
     assert rows is not None and rows.offset.tolist() == list(range(40))
 
 
+def test_one_partition_is_decoded_by_several_calls_at_once() -> None:
+    """Parallelism comes from the group, not from the partition count: the decode of one
+    partition's messages runs concurrently (a decode that records how many calls overlap)."""
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def enter_and_leave(offset: tf.Tensor) -> tf.Tensor:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)  # outside the GIL: an overlapping call can enter meanwhile
+        with lock:
+            active[0] -= 1
+        return offset
+
+    def recording_decode(value: tf.Tensor, partition: tf.Tensor, offset: tf.Tensor, size: int,
+                         max_pixels: int) -> dict[str, tf.Tensor]:
+        row = pipeline.decode_message(value, partition, offset, size, max_pixels)
+        seen = tf.py_function(enter_and_leave, [offset], tf.int64)
+        with tf.control_dependencies([seen]):
+            row["offset"] = tf.identity(row["offset"])
+        return row
+
+    inbox = Inbox(64)
+    for o in range(16):
+        _put(inbox, 0, o, _value(o))
+    inbox.put_end()
+    fresh = FreshRows(capacity=64)
+    groups = pipeline.decoded_groups(inbox, SIZE, group=16, threads=4, decode=recording_decode)
+    feeder = Feeder(groups, fresh, {0: 0}, threading.Event()).start()
+    assert feeder.exhausted.wait(60), feeder.failure
+    rows = fresh.take(64)
+    assert rows is not None and rows.offset.tolist() == list(range(16))  # still in order
+    assert most[0] >= 2, f"at most {most[0]} decode call(s) at a time on one partition"
+
+
 def _rows(n: int, start: int = 0, arrived: float | None = None) -> Rows:
     return Rows(image=np.full((n, SIZE, SIZE, 3), 7, np.uint8), mask=np.ones((n, SIZE, SIZE, 1), np.uint8),
                 partition=np.zeros(n, np.int32), offset=np.arange(start, start + n, dtype=np.int64),

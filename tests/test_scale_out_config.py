@@ -1,15 +1,17 @@
-"""Scale-out settings that need no second process: the learning rate for N workers, and where the
-worker list comes from (``trainer.cluster`` or TF_CONFIG)."""
+"""Scale-out settings that need no second process: the learning rate for N workers, where the worker
+list comes from (``trainer.cluster`` or TF_CONFIG), and how a topic's partitions split between workers."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 
-from stream_trainer.config import ClusterConfig, ModelConfig
+from stream_trainer.config import ClusterConfig, ModelConfig, load
 from stream_trainer.errors import ConfigError
+from stream_trainer.kafka import Cluster
 from stream_trainer.learn.workers import cluster_from_env, scaled_learning_rate
 
 BASE = ModelConfig(learning_rate=0.002)
@@ -47,3 +49,21 @@ def test_a_tf_config_that_names_no_worker_of_its_cluster_is_one_line(monkeypatch
     with pytest.raises(ConfigError, match=says) as err:
         cluster_from_env(ClusterConfig())
     assert "\n" not in str(err.value)
+
+
+def test_a_topic_with_fewer_partitions_than_workers_is_one_line_naming_both_numbers(
+        cluster: Cluster, new_topic: Callable[..., str]) -> None:
+    from stream_trainer.app import _my_partitions
+    from stream_trainer.learn.workers import Workers
+
+    topic = new_topic(1, "few")
+    settings = load(None, {"topics.train": topic, "kafka.bootstrap_servers": cluster.kafka.bootstrap_servers})
+    job = Workers()
+    job.count, job.index = 2, 1  # the second of two workers; no strategy is needed to split partitions
+    with pytest.raises(ConfigError) as err:
+        _my_partitions(cluster, settings, job)
+    assert str(err.value) == (f"config key 'trainer.cluster.workers': 2 workers but topic '{topic}' has only 1 "
+                              "partitions; every worker needs at least one (add partitions or remove workers)")
+    wider = new_topic(4, "few")
+    settings = load(None, {"topics.train": wider, "kafka.bootstrap_servers": cluster.kafka.bootstrap_servers})
+    assert _my_partitions(cluster, settings, job) == ([1, 3], 4)  # p % workers == index

@@ -27,10 +27,10 @@ from faultlib import (
     scrape,
 )
 from PIL import Image
-from tensorflow.core.example import example_pb2
 
 from producer.sources.synthetic import make_record
 from stream_trainer import wire
+from stream_trainer.workbench.soak.messages import example
 from tests.test_decoder import jpeg_bomb, png_bomb
 
 # The topic's own limit, set explicitly so the test means the same on any broker.
@@ -44,17 +44,6 @@ class Message:
     key: bytes | None
     value: bytes | None
     reason: str | None  # the dead-letter reason expected; None = valid, must be trained
-
-
-def _example(features: dict[str, bytes | int]) -> bytes:
-    """A tf.train.Example with exactly ``features`` (bytes -> bytes_list, int -> int64_list)."""
-    ex = example_pb2.Example()
-    for key, value in features.items():
-        if isinstance(value, int):
-            ex.features.feature[key].int64_list.value.append(value)
-        else:
-            ex.features.feature[key].bytes_list.value.append(value)
-    return bytes(ex.SerializeToString())
 
 
 def _png(mask: np.ndarray) -> bytes:
@@ -71,7 +60,7 @@ def _fields(record: wire.PetRecord, **replace: bytes | int) -> bytes:
     features: dict[str, bytes | int] = {wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: record.image,
                                         wire.MASK_KEY: record.mask, wire.ID_KEY: record.image_id.encode()}
     features.update(replace)
-    return _example(features)
+    return example(features)
 
 
 def _near_max(record: wire.PetRecord, size: int) -> bytes:
@@ -85,10 +74,10 @@ def _near_max(record: wire.PetRecord, size: int) -> bytes:
     mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = wire.PET
     features: dict[str, bytes | int] = {wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: buf.getvalue(),
                                         wire.MASK_KEY: _png(mask), wire.ID_KEY: b"near-max"}
-    pad = size - len(_example(features))
+    pad = size - len(example(features))
     assert pad > 0, "the near-max image alone is over the size"
     for _ in range(5):  # varint length prefixes grow with the padding: converge on the exact size
-        value = _example({**features, wire.SOURCE_KEY: b"p" * pad})
+        value = example({**features, wire.SOURCE_KEY: b"p" * pad})
         if len(value) == size:
             return value
         pad += size - len(value)
@@ -113,7 +102,7 @@ def poison_and_edge_cases() -> list[Message]:
         Message("trimap_out_of_range", b"poison-range", _fields(base, **{wire.MASK_KEY: _png(out_of_range)}),
                 "mask_values"),
         Message("missing_fields", b"poison-missing",
-                _example({wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: base.image}), "missing_field"),
+                example({wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: base.image}), "missing_field"),
         Message("empty_value", b"poison-empty", b"", "empty"),
         Message("null_value", b"poison-null", None, "empty"),
         Message("wrong_version", b"poison-version", _fields(base, **{wire.VERSION_KEY: wire.FORMAT_VERSION + 1}),

@@ -30,7 +30,8 @@ def good_record(index: int, size: int = 48) -> bytes:
     return wire.encode(record, int(time.time() * 1000))
 
 
-def _example(features: dict[str, bytes | int]) -> bytes:
+def example(features: dict[str, bytes | int]) -> bytes:
+    """A tf.train.Example with exactly ``features`` (bytes -> bytes_list, int -> int64_list)."""
     from tensorflow.core.example import example_pb2  # deferred: importing TF takes seconds
 
     ex = example_pb2.Example()
@@ -46,7 +47,7 @@ def _fields(record: wire.PetRecord, **replace: bytes | int) -> bytes:
     features: dict[str, bytes | int] = {wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: record.image,
                                         wire.MASK_KEY: record.mask, wire.ID_KEY: record.image_id.encode()}
     features.update(replace)
-    return _example(features)
+    return example(features)
 
 
 def poison(rng: random.Random) -> list[tuple[str, bytes]]:
@@ -56,7 +57,7 @@ def poison(rng: random.Random) -> list[tuple[str, bytes]]:
         ("random_bytes", rng.randbytes(2000)),
         ("truncated_jpeg", _fields(base, **{wire.IMAGE_KEY: base.image[: len(base.image) // 2]})),
         ("wrong_version", _fields(base, **{wire.VERSION_KEY: wire.FORMAT_VERSION + 1})),
-        ("missing_mask", _example({wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: base.image})),
+        ("missing_mask", example({wire.VERSION_KEY: wire.FORMAT_VERSION, wire.IMAGE_KEY: base.image})),
         ("mask_not_png", _fields(base, **{wire.MASK_KEY: b"GIF89a but not really"})),
     ]
 
