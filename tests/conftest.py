@@ -95,3 +95,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_exit_status[0] if _exit_status else 0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow fault scenarios are skipped unless ``--run-faults`` is given."""
+    if config.getoption("--run-faults", default=False):
+        return
+    skip = pytest.mark.skip(reason="slow fault scenario: run it with --run-faults (make test-faults)")
+    for item in items:
+        if "faults" in item.keywords and "slow" in item.keywords:
+            item.add_marker(skip)

@@ -276,6 +276,8 @@ def test_a_message_the_pipeline_drops_but_that_decodes_alone_stops_the_trainer(
 # -- eval-topic dead letters: once per message, across restarts --------------------------------
 
 
+@pytest.mark.faults
+@pytest.mark.slow  # two trainer starts: in make test-faults (the budget of the default run)
 def test_a_malformed_eval_message_is_dead_lettered_and_counted_once_across_restarts(
         kafka_bootstrap: str, tmp_path: Path, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=1)

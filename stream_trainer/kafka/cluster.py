@@ -430,6 +430,11 @@ class Cluster:
         wanted = sorted(set(offsets))
         if not wanted:
             return {}
+        # Offsets at or past the log end cannot come: leave them out now rather than wait for them.
+        high = self.watermarks(topic, [partition], timeout_s=timeout_s)[partition].high
+        wanted = [o for o in wanted if o < high]
+        if not wanted:
+            return {}
         found: dict[int, Message] = {}
         i = 0
         with self._reread(topic, partition, wanted[0]) as scan:

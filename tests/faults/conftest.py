@@ -2,8 +2,7 @@
 
 Scenarios marked ``faults`` and ``slow`` run only with ``--run-faults`` (``make test-faults``, which
 is ``pytest -m faults --run-faults``); the fast ones also run in every ``make test``. The option
-itself is declared in ``tests/conftest.py``: pytest reads ``pytest_addoption`` only from the root
-conftest and plugins.
+and the skip are in ``tests/conftest.py``, so a slow scenario outside this folder is skipped too.
 """
 
 from __future__ import annotations
@@ -16,16 +15,6 @@ from pathlib import Path
 
 import pytest
 from faultlib import Rig, make_rig
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow fault scenarios are skipped unless ``--run-faults`` is given."""
-    if config.getoption("--run-faults", default=False):
-        return
-    skip = pytest.mark.skip(reason="slow fault scenario: run it with --run-faults (make test-faults)")
-    for item in items:
-        if "faults" in item.keywords and "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture()

@@ -240,6 +240,7 @@ def test_a_restart_with_another_worker_count_resumes_every_partition_from_the_ch
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_a_worker_started_alone_exits_2_naming_the_missing_worker(job: Rig) -> None:
     join_timeout_s = 10
     addresses = _addresses(2)

@@ -29,13 +29,15 @@ EXIT_WITHIN_S = 45
 
 # Every thread the trainer starts, and a function it calls in its own work: the fault is raised
 # from there, so a thread that swallowed its own errors would fail this test too. One line each.
+# Two run in every `make test`; the rest in `make test-faults` (the budget of the default run).
 SUPERVISED = [
     pytest.param("committer", "stream_trainer.kafka.cluster:Cluster.keepalive", 2, id="committer"),
-    pytest.param("kafka-watchdog", "stream_trainer.kafka.preflight:check", 2, id="watchdog"),
-    pytest.param("kafka-reader-0", "stream_trainer.ingest.intake:Intake.put", 2, id="reader"),
-    pytest.param("inbox-pump", "stream_trainer.ingest.intake:Intake._take", 2, id="inbox-pump"),
-    pytest.param("feeder", "stream_trainer.ingest.feeder:Feeder._rows", 0, id="feeder"),
-    pytest.param("partition-watch", "stream_trainer.kafka.cluster:Cluster.watermarks", 2, id="partition-watch"),
+    pytest.param("kafka-watchdog", "stream_trainer.kafka.preflight:check", 2, id="watchdog", marks=pytest.mark.slow),
+    pytest.param("kafka-reader-0", "stream_trainer.ingest.intake:Intake.put", 2, id="reader", marks=pytest.mark.slow),
+    pytest.param("inbox-pump", "stream_trainer.ingest.intake:Intake._take", 2, id="inbox-pump", marks=pytest.mark.slow),
+    pytest.param("feeder", "stream_trainer.ingest.feeder:Feeder._rows", 0, id="feeder", marks=pytest.mark.slow),
+    pytest.param("partition-watch", "stream_trainer.kafka.cluster:Cluster.watermarks", 2, id="partition-watch",
+                 marks=pytest.mark.slow),
     # The scenario's one malformed message gives the dead-letter worker its one re-read.
     pytest.param("dead-letter", "stream_trainer.kafka.cluster:Cluster.read_range", 0, id="dead-letter"),
 ]
@@ -142,8 +144,8 @@ def test_a_final_save_that_hangs_ends_the_process_after_the_limit_with_one_line_
     trainer.proc.terminate()
     rc, output, took = _ended(rig, trainer, limit_s + 15)
     error = _one_error_line(output)
-    assert error.startswith(f"{PREFIX}the shutdown did not finish within {limit_s} s (stuck in _checkpoint at "
-                            "train_loop.py:"), error
+    assert error.startswith(f"{PREFIX}the shutdown did not finish within {limit_s} s (stuck in save at "
+                            "checkpointer.py:"), error
     assert rc == EXIT_UNEXPECTED, f"exit status {rc}:\n{output[-3000:]}"
     assert _lock_is_free(rig.checkpoint_dir)
     print(f"hung final save: exit {rc} {took:.1f} s after the hang began: {error}")
