@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from stream_trainer.errors import StreamTrainerError, ThreadDiedError
+from stream_trainer.errors import StreamTrainerError, ThreadDiedError, one_line
 
 if TYPE_CHECKING:
     from stream_trainer.config import Settings
@@ -244,10 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     soak.set_defaults(func=_cmd_soak)
     return p
 
-
-def one_line(text: str) -> str:
-    """``text`` on one line, nothing cut: TensorFlow's messages span several (node names, hints)."""
-    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """``text`` whole, on one line: line breaks and runs of blanks become single spaces. Errors from
+    TensorFlow and librdkafka span several lines (node names, hints); cutting them to the first
+    one leaves "Graph execution error:", so no message is ever cut."""
+    return " ".join(str(text).split())
+
+
 class StreamTrainerError(Exception):
     """Base class for errors the CLI prints as one line before exiting non-zero."""
 

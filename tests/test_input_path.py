@@ -15,13 +15,13 @@ import tensorflow as tf
 
 from producer.sources.synthetic import make_record
 from stream_trainer import config, wire
+from stream_trainer.errors import one_line
 from stream_trainer.ingest import pipeline
 from stream_trainer.ingest.feeder import Feeder
 from stream_trainer.ingest.fresh import FreshRows, Rows
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.ingest.intake import Intake
 from stream_trainer.ingest.ledger import PartitionLedger
-from stream_trainer.ingest.supervisor import one_line
 from stream_trainer.learn.batcher import Batcher
 from stream_trainer.learn.replay import ReplayStore
 from stream_trainer.learn.step import flip_rows

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from stream_trainer import metrics
 from stream_trainer.config import KafkaConfig, SourceConfig
-from stream_trainer.errors import InputPipelineError, OffsetResetError, StreamTrainerError
+from stream_trainer.errors import InputPipelineError, OffsetResetError, StreamTrainerError, one_line
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.ingest.intake import Intake
 from stream_trainer.ingest.ledger import PartitionLedger
@@ -45,12 +45,7 @@ Resolver = Callable[[int, int], int]
 Repositioned = Callable[[int, int, int], None]  # (partition, start, epoch)
 CaughtUp = Callable[[int, int, int], bool]  # (partition, position, high watermark): only control records left
 # A reason longer than this is no reason a person reads; librdkafka's longest are a few hundred characters.
-_REASON_LIMIT = 20000
 
-
-def one_line(text: str) -> str:
-    """The whole of an error's text on one line: never cut to its first line."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())[:_REASON_LIMIT]
 
 
 def assigned_partitions(all_partitions: list[int], source: SourceConfig, worker_index: int = 0,

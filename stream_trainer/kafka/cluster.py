@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata  # type: ignore[a
 from confluent_kafka.cimpl import NewTopic
 
 from stream_trainer.config import KafkaConfig
-from stream_trainer.errors import AuthorizationError, BrokerUnavailableError, ConfigError, StreamTrainerError
+from stream_trainer.errors import AuthorizationError, BrokerUnavailableError, ConfigError, StreamTrainerError, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,11 +77,6 @@ _RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRES
 # died) until it has rejoined; the rejoin completes in poll(), where the assignment callback runs.
 _REJOINING = {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
 
-
-def one_line(text: object) -> str:
-    """``text`` with its line breaks (and runs of blanks) made single spaces: every reason librdkafka or
-    a broker gives goes into a one-line error whole, never cut to its first line."""
-    return " ".join(str(text).split())
 
 
 def _reason(exc: KafkaException) -> str:

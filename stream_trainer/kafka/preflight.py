@@ -32,9 +32,9 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from stream_trainer.config import KafkaConfig
-from stream_trainer.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError, ConfigError
+from stream_trainer.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError, ConfigError, one_line
 from stream_trainer.kafka import listener
-from stream_trainer.kafka.cluster import client_config, one_line
+from stream_trainer.kafka.cluster import client_config
 from stream_trainer.kafka.security import redact, secret_values
 from stream_trainer.threads import Threads
 

@@ -33,7 +33,7 @@ from confluent_kafka import KafkaException, Message
 
 from stream_trainer import metrics
 from stream_trainer.config import PipelineConfig
-from stream_trainer.errors import BrokerUnavailableError, InputPipelineError, StreamTrainerError
+from stream_trainer.errors import BrokerUnavailableError, InputPipelineError, StreamTrainerError, one_line
 from stream_trainer.kafka import Cluster
 from stream_trainer.kafka.cluster import DELIVERY_TIMEOUT_S, offset_of
 from stream_trainer.quality import poison
@@ -148,7 +148,7 @@ class DeadLetterWorker:
                 verdict = poison.examine(msg.value(), self.decoding.image_size, self.decoding.max_pixels)
             except tf.errors.OpError as exc:  # not a malformed message's error: out of memory, cancelled
                 failure = exc
-                log.warning("decoding %s again failed (%s), attempt %d of %d", where, exc.message.splitlines()[0],
+                log.warning("decoding %s again failed (%s), attempt %d of %d", where, one_line(exc.message),
                             attempt + 1, DECODE_ATTEMPTS)
                 self.stop.wait(1.0)
                 continue

@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from stream_trainer import metrics
 from stream_trainer.config import CheckpointConfig
-from stream_trainer.errors import CheckpointError
+from stream_trainer.errors import CheckpointError, one_line
 from stream_trainer.ingest import pipeline
 from stream_trainer.quality.evaluate import EvalResult
 
@@ -168,7 +168,7 @@ class Exporter:
             tmp.rename(final)
         except (OSError, tf.errors.OpError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            msg = f"exporting step {meta['step']} as {final} failed: {str(exc).splitlines()[0]}"
+            msg = f"exporting step {meta['step']} as {final} failed: {one_line(exc)}"
             raise CheckpointError(msg) from exc
         log.info("exported %s (step %d)", final, meta["step"])
         return final

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from stream_trainer.config import CheckpointConfig
-from stream_trainer.errors import CheckpointError
+from stream_trainer.errors import CheckpointError, one_line
 from stream_trainer.learn.workers import Workers
 from stream_trainer.state import leftovers
 
@@ -118,7 +118,7 @@ class CheckpointStore:
             try:
                 self._ckpt.restore(path).assert_existing_objects_matched()
             except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:
-                log.error("checkpoint %s is unreadable (%s); trying an older one", path, str(exc).splitlines()[0])
+                log.error("checkpoint %s is unreadable (%s); trying an older one", path, one_line(exc))
                 continue
             return self._restored(path)
         if self._manager.checkpoints:
@@ -149,7 +149,7 @@ class CheckpointStore:
         try:
             path = self._manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as exc:
-            msg = f"saving checkpoint at step {step} into {self.directory} failed: {str(exc).splitlines()[0]}"
+            msg = f"saving checkpoint at step {step} into {self.directory} failed: {one_line(exc)}"
             raise CheckpointError(msg) from exc
         self._last_step = step
         return str(path)
