@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from stream_trainer import metrics
@@ -199,7 +200,10 @@ class TrainLoop:
         metrics.LAST_CHECKPOINT.set(time.time())
         if self.w.is_chief:
             log.info("checkpoint %s (step %d, next offsets %s)", saved.path, s.step, saved.positions)
-            self._export(saved.positions, final)
+        # Every worker joins the round (the chief's clock decides whether an export is due): an
+        # export with its evaluation can take longer than the peer timeout, and the others would
+        # otherwise wait for the chief inside their next vote and take it for lost.
+        self.w.chief_only("exporting", partial(self._export, saved.positions, final))
         return True
 
     def _export(self, positions: dict[int, int], final: bool) -> None:

@@ -1,13 +1,14 @@
 """``stream-trainer`` with one fault injected from outside the product, for the exit-path tests.
 
-    python -m tests.faults.faulty_trainer --thread NAME --call MODULE:ATTR [--kind raise|oom|hang]
-        [--after N] [--set MODULE:NAME=NUMBER] -- run --config FILE
+    python -m tests.faults.faulty_trainer --thread NAME --call MODULE:ATTR [--kind raise|oom|hang|slow]
+        [--after N] [--seconds S] [--set MODULE:NAME=NUMBER] -- run --config FILE
 
 ``--call`` names a function the thread called ``--thread`` runs as part of its own work (the
 committer's ``Cluster.keepalive``, the watchdog's ``preflight.check``, the main thread's
 ``Workers.step``); it is replaced by one that, in that thread only, lets ``--after`` calls through
 and then raises ``RuntimeError("injected fault in NAME")`` (``raise``), TensorFlow's out-of-memory
-error (``oom``, a message of several lines) or never returns (``hang``). Every other thread's
+error (``oom``, a message of several lines), never returns (``hang``) or returns after
+``--seconds`` more (``slow``: a slow disk, a long evaluation). Every other thread's
 calls go through unchanged. ``--set`` changes a module constant first (a shorter interval). The
 line ``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
 (``cli.entry``), exit path included.
@@ -21,6 +22,7 @@ import importlib
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -33,8 +35,11 @@ def _owner(spec: str) -> tuple[Any, str]:
     return owner, name
 
 
-def _fault(kind: str, thread: str) -> None:
+def _fault(kind: str, thread: str, seconds: float) -> None:
     os.write(2, f"FAULT INJECTED ({kind}) in {thread}\n".encode())
+    if kind == "slow":
+        time.sleep(seconds)
+        return
     if kind == "hang":
         threading.Event().wait()
     if kind == "oom":
@@ -48,7 +53,7 @@ def _fault(kind: str, thread: str) -> None:
     raise RuntimeError(msg)
 
 
-def inject(thread: str, call: str, kind: str, after: int) -> None:
+def inject(thread: str, call: str, kind: str, after: int, seconds: float = 0.0) -> None:
     owner, name = _owner(call)
     original = getattr(owner, name)
     calls = [0]
@@ -58,7 +63,7 @@ def inject(thread: str, call: str, kind: str, after: int) -> None:
         if threading.current_thread().name == thread:
             calls[0] += 1
             if calls[0] > after:
-                _fault(kind, thread)
+                _fault(kind, thread, seconds)
         return original(*args, **kwargs)
 
     setattr(owner, name, faulty)
@@ -70,7 +75,8 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="faulty_trainer")
     p.add_argument("--thread", required=True)
     p.add_argument("--call", required=True)
-    p.add_argument("--kind", choices=["raise", "oom", "hang"], default="raise")
+    p.add_argument("--kind", choices=["raise", "oom", "hang", "slow"], default="raise")
+    p.add_argument("--seconds", type=float, default=0.0)
     p.add_argument("--after", type=int, default=0)
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args(argv[:split])
@@ -81,7 +87,7 @@ def main() -> None:
         target, _, value = assignment.partition("=")
         owner, name = _owner(target)
         setattr(owner, name, float(value))
-    inject(args.thread, args.call, args.kind, args.after)
+    inject(args.thread, args.call, args.kind, args.after, args.seconds)
     cli.entry(argv[split + 1:])
 
 
