@@ -199,6 +199,8 @@ class LoopConfig:
     eval_max_images: int = 256
     eval_wait_s: float = 10.0  # how long to wait for the eval topic before training without it
     snapshot_dir: str = "runs/snapshots"
+    # The chief's TensorBoard event files (loop/tensorboard.py); "" = none.
+    tensorboard_dir: str = "runs/tensorboard"
     # Debug: append "partition offset step" for every trained message (fault tests use it).
     trained_log: str = ""
 
