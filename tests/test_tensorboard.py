@@ -65,6 +65,26 @@ def test_a_directory_it_cannot_write_is_one_warning_and_no_exception(tmp_path: P
     assert len(warnings) == 1 and "training goes on" in warnings[0] and str(blocker) in warnings[0], warnings
 
 
+def test_scores_go_in_at_every_evaluation_pictures_at_most_every_images_every_s(tmp_path: Path) -> None:
+    import numpy as np
+
+    from stream_trainer.quality.evaluate import EvalResult, Pictures
+
+    now = [0.0]
+    board = tb.Board(str(tmp_path), lambda: 0.001, images_every_s=600, clock=lambda: now[0])
+    pictures = Pictures(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8), np.ones((2, 8, 8), np.uint8))
+    for step, t in [(0, 0.0), (50, 100.0), (100, 700.0), (100, 800.0), (150, 1000.0)]:
+        now[0] = t
+        board.evaluation(EvalResult(step, step / 1000, 0.5, 2, None, pictures))
+    board.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors(tb.EVAL_IOU)] == [0, 50, 100, 150]  # step 100 asked twice, written once
+    assert [e.step for e in events.Tensors(tb.SNAPSHOT)] == [0, 100]
+    width, height, *pngs = make_ndarray(events.Tensors(tb.SNAPSHOT)[0].tensor_proto)
+    assert (int(width), int(height), len(pngs)) == (3 * 8 + 4, 8, 2)
+
+
 def test_docs_list_exactly_the_tags_written() -> None:
     import re
 

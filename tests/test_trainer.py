@@ -70,7 +70,8 @@ def trained(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> d
     topic = f"e2e-{tmp.name[-6:]}"
     settings = tiny_settings(kafka_bootstrap, tmp, topic, trainer__loop__max_steps=120,
                              trainer__loop__eval_every_steps=60, trainer__checkpoint__every_steps=40,
-                             trainer__loop__trained_log=str(tmp / "trained.log"))
+                             trainer__loop__trained_log=str(tmp / "trained.log"),
+                             trainer__loop__tensorboard_images_every_s=0)
     cluster = Cluster(settings.kafka)
     cluster.ensure_topics({topic: 2, settings.topics.eval: 1})
     # Poison first, in partition 0, so later good messages surround it.

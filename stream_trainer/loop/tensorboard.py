@@ -2,7 +2,8 @@
 
 The numbers are the ones the loop already has: a status-line ``Reading`` (written when the line
 is, every ``log_every_s`` seconds, so the files grow with time, never with steps or messages),
-each evaluation's ``EvalResult`` and its pictures, and the optimizer's learning rate. Only the
+each evaluation's ``EvalResult`` and its pictures (at most one set per
+``tensorboard_images_every_s``), and the optimizer's learning rate. Only the
 chief writes (``for_worker``): one job, one run in TensorBoard.
 
 The event files are a side channel. Prometheus, the status line and the snapshot PNGs carry the
@@ -18,6 +19,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import platform
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -68,11 +70,15 @@ FLUSH_MS = 30_000
 class Board:
     """One run's event files in ``logdir``; every method is a no-op once writing failed."""
 
-    def __init__(self, logdir: str, learning_rate: Callable[[], float]) -> None:
+    def __init__(self, logdir: str, learning_rate: Callable[[], float], images_every_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.logdir = logdir
         self._learning_rate = learning_rate
+        self._images_every_s = images_every_s
+        self._clock = clock
         self._writer: tf.summary.SummaryWriter | None = None
         self._last_eval_step: int | None = None
+        self._last_images = float("-inf")
         with self._guard("opening the event file"):
             self._writer = tf.summary.create_file_writer(logdir, max_queue=MAX_QUEUE, flush_millis=FLUSH_MS)
 
@@ -114,7 +120,8 @@ class Board:
         self._last_eval_step = result.step
         with self._at(result.step, "writing the evaluation"):
             _write_scalars({EVAL_IOU: result.mean_iou, EVAL_ACCURACY: result.pixel_accuracy})
-            if result.pictures is not None:
+            if result.pictures is not None and self._clock() - self._last_images >= self._images_every_s:
+                self._last_images = self._clock()
                 rows = side_by_side(result.pictures)
                 tf.summary.image(SNAPSHOT, rows, max_outputs=len(rows),
                                  description="image | true trimap | predicted trimap (pet orange, border white)")
@@ -163,7 +170,7 @@ def for_worker(settings: Settings, is_chief: bool, optimizer: keras.optimizers.O
     def learning_rate() -> float:
         return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
-    return Board(logdir, learning_rate)
+    return Board(logdir, learning_rate, settings.trainer.loop.tensorboard_images_every_s)
 
 
 def _write_scalars(values: dict[str, float]) -> None:
