@@ -202,7 +202,7 @@ class LoopConfig:
     # The chief's TensorBoard event files (loop/tensorboard.py); "" = none.
     tensorboard_dir: str = "runs/tensorboard"
     # Eval pictures in TensorBoard at most this often (the scores go in at every evaluation): a
-    # set of four 128-px pictures is ~100 KiB, too much at every evaluation for weeks. 0 = every one.
+    # set of four 96-px pictures is ~90 KB, too much at every evaluation for weeks. 0 = every one.
     tensorboard_images_every_s: float = 600.0
     # Debug: append "partition offset step" for every trained message (fault tests use it).
     trained_log: str = ""
