@@ -27,7 +27,7 @@ COPY configs ./configs
 # Not root. The /data folders exist in the image, owned by the user, so that named volumes
 # mounted there start out writable.
 RUN useradd --create-home --uid 1000 app \
-    && mkdir -p /data/checkpoints /data/export /data/snapshots \
+    && mkdir -p /data/checkpoints /data/export /data/snapshots /data/tensorboard \
     && chown -R app:app /data
 USER app
 

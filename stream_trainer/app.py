@@ -27,6 +27,7 @@ from stream_trainer.learn.replay import ReplayStore
 from stream_trainer.learn.replay_fetch import restore_store
 from stream_trainer.learn.step import make_replica_step
 from stream_trainer.learn.workers import Workers, make_workers, scaled_learning_rate
+from stream_trainer.loop import tensorboard
 from stream_trainer.loop.accountant import Accountant
 from stream_trainer.loop.scorer import Scorer
 from stream_trainer.loop.train_loop import LoopParts, RunSummary, TrainLoop
@@ -151,12 +152,16 @@ def run_trainer(settings: Settings, *, stop: threading.Event | None = None,
         # The chief scores when it evaluates on a schedule, or when the export policy needs scores.
         scored = workers.is_chief and (tcfg.loop.eval_every_steps > 0 or tcfg.checkpoint.export_policy == "improved")
         publisher = Publisher(tcfg.checkpoint, model, topics.train, policy) if workers.is_chief else None
+        board = tensorboard.for_worker(settings, workers.is_chief, optimizer)
+        if board is not None:
+            resources.callback(board.close)
+            board.started(restored.step if restored else 0, settings)
         parts = LoopParts(workers=workers, batcher=Batcher(fresh, replay, tcfg.pipeline, tcfg.replay,
                                                            tcfg.pipeline.image_size),
                           accountant=accountant, checkpointer=Checkpointer(store, tracker, committer, replay, workers),
                           scorer=Scorer(cluster, topics.eval, tcfg.loop, model, tcfg.pipeline.image_size, batch,
                                         dead_letters, max_pixels=tcfg.pipeline.max_pixels) if scored else None,
-                          publisher=publisher, inputs=inputs, stop=stop, threads=threads)
+                          publisher=publisher, inputs=inputs, stop=stop, threads=threads, board=board)
         loop = TrainLoop(tcfg.loop, tcfg.checkpoint, parts, tcfg.cluster.max_wait_ms,
                          start_step=restored.step if restored else 0)
 

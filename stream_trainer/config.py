@@ -199,6 +199,11 @@ class LoopConfig:
     eval_max_images: int = 256
     eval_wait_s: float = 10.0  # how long to wait for the eval topic before training without it
     snapshot_dir: str = "runs/snapshots"
+    # The chief's TensorBoard event files (loop/tensorboard.py); "" = none.
+    tensorboard_dir: str = "runs/tensorboard"
+    # Eval pictures in TensorBoard at most this often (the scores go in at every evaluation): a
+    # set of four 96-px pictures is ~90 KB, too much at every evaluation for weeks. 0 = every one.
+    tensorboard_images_every_s: float = 600.0
     # Debug: append "partition offset step" for every trained message (fault tests use it).
     trained_log: str = ""
 
@@ -297,6 +302,8 @@ class Settings:
             (self.trainer.model.base_filters >= 1, "trainer.model.base_filters", "must be >= 1"),
             (self.trainer.model.precision in {"auto", "float32", "mixed_bfloat16", "mixed_float16"},
              "trainer.model.precision", "must be one of auto, float32, mixed_bfloat16, mixed_float16"),
+            (self.trainer.loop.tensorboard_images_every_s >= 0, "trainer.loop.tensorboard_images_every_s",
+             "must be >= 0 (0 = at every evaluation)"),
             (self.trainer.checkpoint.keep >= 1, "trainer.checkpoint.keep", "must be >= 1"),
             (self.trainer.checkpoint.every_steps >= 0, "trainer.checkpoint.every_steps", "must be >= 0"),
             (self.trainer.checkpoint.export_policy in {"always", "improved"}, "trainer.checkpoint.export_policy",

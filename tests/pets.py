@@ -33,6 +33,7 @@ def tiny_settings(bootstrap: str, tmp_path: Path, topic: str, **overrides: Any) 
         "trainer.loop.eval_every_steps": 0,
         "trainer.loop.eval_wait_s": 2,
         "trainer.loop.snapshot_dir": str(tmp_path / "snapshots"),
+        "trainer.loop.tensorboard_dir": str(tmp_path / "tensorboard"),
         "trainer.checkpoint.dir": str(tmp_path / "checkpoints"),
         "trainer.checkpoint.export_dir": str(tmp_path / "export"),
         "trainer.checkpoint.every_steps": 10,

@@ -341,7 +341,8 @@ def _assert_state_on_named_volumes(name: str, service: dict[str, Any], settings:
     named = {target for kind, _, target in _volume_mounts(service) if kind == "volume"}
     for key, path in [("trainer.checkpoint.dir", settings.trainer.checkpoint.dir),
                       ("trainer.checkpoint.export_dir", settings.trainer.checkpoint.export_dir),
-                      ("trainer.loop.snapshot_dir", settings.trainer.loop.snapshot_dir)]:
+                      ("trainer.loop.snapshot_dir", settings.trainer.loop.snapshot_dir),
+                      ("trainer.loop.tensorboard_dir", settings.trainer.loop.tensorboard_dir)]:
         assert path in named, f"{name}: {key}={path} is not on a named volume, so `docker compose down` would lose it"
 
 
@@ -916,7 +917,8 @@ def test_dashboard_and_alert_queries_return_data_from_running_programs(
             "pipeline": {"image_size": 32, "batch_size": 4, "shuffle_buffer": 8},
             "model": {"base_filters": 4, "depth": 2},
             "loop": {"eval_every_steps": 5, "eval_max_images": 8, "eval_wait_s": 5, "log_every_s": 1,
-                     "snapshot_dir": str(tmp_path / "snapshots")},
+                     "snapshot_dir": str(tmp_path / "snapshots"),
+                     "tensorboard_dir": str(tmp_path / "tensorboard")},
             "checkpoint": {"dir": str(tmp_path / "checkpoints"), "export_dir": str(tmp_path / "export"),
                            "every_steps": 5, "every_seconds": 5},
             "metrics": {"host": "127.0.0.1", "port": trainer_port}},

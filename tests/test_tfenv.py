@@ -130,7 +130,8 @@ def test_a_config_error_prints_exactly_one_line(tmp_path: Path) -> None:
     assert out.stdout == ""
     assert out.stderr.splitlines() == [
         "stream-trainer: error: unknown config key 'trainer.loop.max_stepz' (known here: eval_every_steps, "
-        "eval_max_images, eval_wait_s, log_every_s, max_seconds, max_steps, snapshot_dir, trained_log)"]
+        "eval_max_images, eval_wait_s, log_every_s, max_seconds, max_steps, snapshot_dir, tensorboard_dir, "
+        "tensorboard_images_every_s, trained_log)"]
 
 
 @pytest.mark.skipif(tfenv.has_gpu_device(), reason="on a GPU host the CUDA lines are kept on purpose")

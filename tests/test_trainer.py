@@ -70,7 +70,8 @@ def trained(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> d
     topic = f"e2e-{tmp.name[-6:]}"
     settings = tiny_settings(kafka_bootstrap, tmp, topic, trainer__loop__max_steps=120,
                              trainer__loop__eval_every_steps=60, trainer__checkpoint__every_steps=40,
-                             trainer__loop__trained_log=str(tmp / "trained.log"))
+                             trainer__loop__trained_log=str(tmp / "trained.log"),
+                             trainer__loop__tensorboard_images_every_s=0)
     cluster = Cluster(settings.kafka)
     cluster.ensure_topics({topic: 2, settings.topics.eval: 1})
     # Poison first, in partition 0, so later good messages surround it.
@@ -144,6 +145,49 @@ def test_eval_snapshot_pictures_are_written(trained: dict) -> None:
     snaps = Path(trained["settings"].trainer.loop.snapshot_dir)
     assert (snaps / "latest.png").read_bytes()[:4] == b"\x89PNG"
     assert (snaps / "eval-step-00000120.png").exists()
+
+
+def test_tensorboard_event_files_hold_every_scalar_the_eval_pictures_and_the_config(trained: dict) -> None:
+    """Read back with TensorBoard's own reader: what an ML engineer opens first shows the run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    from stream_trainer.loop import tensorboard as tb
+
+    settings, summary = trained["settings"], trained["summary"]
+    events = EventAccumulator(settings.trainer.loop.tensorboard_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    plugin = {tag: events.SummaryMetadata(tag).plugin_data.plugin_name for tag in tags}
+    missing = [tag for tag in tb.SCALARS if plugin.get(tag) != "scalars"]
+    assert not missing, f"scalars not written: {missing}; written: {sorted(plugin.items())}"
+
+    def values(tag: str) -> list[tuple[int, object]]:
+        return [(e.step, make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+
+    # Every evaluation (each 60 steps, and before each export), with the loop's own scores, rising.
+    iou = [(step, float(v)) for step, v in values(tb.EVAL_IOU)]  # type: ignore[arg-type]
+    steps = [step for step, _ in iou]
+    assert steps[0] == 0 and 60 in steps and steps[-1] == 120 and steps == sorted(set(steps)), iou
+    assert iou[-1][1] > iou[0][1] + 0.15, iou
+    assert iou[0][1] == pytest.approx(summary.evals[0].mean_iou) and iou[-1][1] == pytest.approx(
+        summary.evals[-1].mean_iou)
+    pictures = values(tb.SNAPSHOT)
+    assert plugin[tb.SNAPSHOT] == "images" and [step for step, _ in pictures] == steps
+    width, height, *pngs = pictures[-1][1]  # type: ignore[misc]
+    assert (int(width), int(height)) == (3 * 32 + 4, 32) and len(pngs) == 4
+    assert all(png[:4] == b"\x89PNG" for png in pngs)
+    # The config and the versions, once, at the start step.
+    assert plugin[tb.CONFIG] == plugin[tb.VERSIONS] == "text"
+    config = values(tb.CONFIG)
+    assert [step for step, _ in config] == [0]
+    assert f"train: {settings.topics.train}" in config[0][1].item().decode()  # type: ignore[attr-defined]
+    versions = values(tb.VERSIONS)[0][1].item().decode()  # type: ignore[attr-defined]
+    for name in ("python", "tensorflow", "keras", "tensorflow-io", "confluent-kafka", "librdkafka"):
+        assert f"| {name}" in versions, versions
+    # Bounded: scalars at the status-line interval, not per step.
+    loss_steps = [step for step, _ in values(tb.LOSS)]
+    assert 1 <= len(loss_steps) < summary.step - summary.start_step, loss_steps
 
 
 def _dead_letter_headers(settings: object, expected: int = 8) -> dict[bytes, dict[str, bytes]]:

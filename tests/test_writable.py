@@ -40,6 +40,18 @@ def test_only_this_workers_places_are_checked(tmp_path: Path) -> None:
     writable.check(no_eval)  # no evaluation, no snapshots written
 
 
+def test_the_tensorboard_dir_is_the_chiefs_and_empty_is_off(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    places = {"trainer.checkpoint.dir": str(tmp_path / "c"), "trainer.checkpoint.export_dir": str(tmp_path / "e"),
+              "trainer.loop.snapshot_dir": str(tmp_path / "s"), "trainer.loop.tensorboard_dir": str(blocker / "tb")}
+    with pytest.raises(ConfigError, match=r"^config key 'trainer.loop.tensorboard_dir': .* is a file, not a dir"):
+        writable.check(load(None, places))
+    writable.check(load(None, {**places, "trainer.loop.tensorboard_dir": ""}))  # off: nothing to write
+    writable.check(load(None, {**places, "trainer.cluster.scratch_dir": str(tmp_path / "x"),
+                               "trainer.cluster.workers": ["h:1", "h:2"], "trainer.cluster.index": 1}))  # not the chief
+
+
 def test_check_config_refuses_a_place_the_trainer_cannot_write(tmp_path: Path) -> None:
     """check-config runs the same offline checks as run: a checkpoint directory that is a file is one line."""
     import subprocess

@@ -1,7 +1,8 @@
 """The status line: what the last ``log_every_s`` seconds looked like, in one log line.
 
-Counters accumulate over one window and start again after each line, so the line and the
-prequential gauges it sets describe recent behaviour, not the average since start.
+Counters accumulate over one window and start again after each line, so the line, the
+prequential gauges it sets and the TensorBoard scalars written from the same ``Reading``
+describe recent behaviour, not the average since start.
 """
 
 from __future__ import annotations
@@ -47,8 +48,30 @@ class Window:
         self.replay_cm += out["replay_confusion"]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One closed window: the numbers of the status line (and of TensorBoard's scalars)."""
+
+    step: int
+    steps_per_s: float
+    fresh_per_s: float
+    replayed_per_s: float
+    loss: float
+    fresh: tuple[float, float] | None  # prequential (mean loss, mean IoU) of fresh rows; None: no rows
+    replay: tuple[float, float] | None
+    lag: int | None
+    input_wait: float  # the fraction of the window spent waiting for a batch
+    dead_lettered: int
+
+    def line(self) -> str:
+        return (f"step {self.step} | {self.steps_per_s:.2f} steps/s | {self.fresh_per_s:.1f} fresh img/s | "
+                f"{self.replayed_per_s:.1f} replayed/s | loss {self.loss:.4f} | fresh {_text(self.fresh)} | "
+                f"replay {_text(self.replay)} | lag {'?' if self.lag is None else self.lag} | "
+                f"input wait {100.0 * self.input_wait:.0f}% | dead-lettered {self.dead_lettered}")
+
+
 class Status:
-    """The current window, and the line that closes it every ``every_s`` seconds."""
+    """The current window, and the reading that closes it every ``every_s`` seconds."""
 
     def __init__(self, every_s: float, step: int, clock: Callable[[], float]) -> None:
         self.every_s = every_s
@@ -58,28 +81,30 @@ class Status:
     def restart(self, step: int) -> None:
         self.window = Window(step, self._clock())
 
-    def line(self, step: int, loss: float, lag: int | None, dead_lettered: int) -> str | None:
-        """The status line once the window is ``every_s`` old (a new window starts), else None."""
+    def reading(self, step: int, loss: float, lag: int | None, dead_lettered: int) -> Reading | None:
+        """The window's reading once it is ``every_s`` old (a new window starts), else None."""
         now = self._clock()
         w = self.window
         if now - w.t0 < self.every_s:
             return None
         self.window = Window(step, now)
         dt = max(now - w.t0, 1e-9)
-        fresh = _part(w.fresh_loss, w.fresh_rows, w.fresh_cm, "fresh")
-        replay = _part(w.replay_loss, w.replay_rows, w.replay_cm, "replay")
-        return (f"step {step} | {(step - w.step) / dt:.2f} steps/s | {w.images / dt:.1f} fresh img/s | "
-                f"{w.replayed / dt:.1f} replayed/s | loss {loss:.4f} | fresh {fresh} | replay {replay} | "
-                f"lag {'?' if lag is None else lag} | input wait {100.0 * w.waited / dt:.0f}% | "
-                f"dead-lettered {dead_lettered}")
+        return Reading(step, (step - w.step) / dt, w.images / dt, w.replayed / dt, loss,
+                       _part(w.fresh_loss, w.fresh_rows, w.fresh_cm, "fresh"),
+                       _part(w.replay_loss, w.replay_rows, w.replay_cm, "replay"),
+                       lag, w.waited / dt, dead_lettered)
 
 
-def _part(loss_sum: float, rows: int, cm: Array, name: str) -> str:
-    """Set the prequential gauges of one part; return its status-line text."""
+def _part(loss_sum: float, rows: int, cm: Array, name: str) -> tuple[float, float] | None:
+    """Set the prequential gauges of one part; return its (mean loss, mean IoU), None without rows."""
     if rows == 0:
-        return "-"
+        return None
     mean_loss = loss_sum / rows
     miou, _ = scores(cm)
     metrics.PREQUENTIAL_LOSS.labels(name).set(mean_loss)
     metrics.PREQUENTIAL_MEAN_IOU.labels(name).set(miou)
-    return f"{mean_loss:.3f}/{miou:.2f}"
+    return mean_loss, miou
+
+
+def _text(part: tuple[float, float] | None) -> str:
+    return "-" if part is None else f"{part[0]:.3f}/{part[1]:.2f}"

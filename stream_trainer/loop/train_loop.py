@@ -27,6 +27,7 @@ from stream_trainer.loop.ballot import Ballot, Decision
 from stream_trainer.loop.schedule import CHECKPOINT_RETRY_S, Schedule
 from stream_trainer.loop.scorer import Scorer
 from stream_trainer.loop.status import Status
+from stream_trainer.loop.tensorboard import Board
 from stream_trainer.quality.evaluate import EvalResult
 from stream_trainer.serve.export import Publisher
 from stream_trainer.state.checkpointer import Checkpointer
@@ -87,6 +88,7 @@ class LoopParts:
     inputs: InputState
     stop: threading.Event
     threads: Threads
+    board: Board | None = None  # the chief's TensorBoard event files; None: another worker, or off
 
 
 class TrainLoop:
@@ -177,9 +179,12 @@ class TrainLoop:
             self.w.chief_only("evaluating", self._evaluate)
         if self.schedule.checkpoint_due(step, decision.checkpoint_by_clock):
             self._checkpoint()
-        line = self.status.line(step, self.summary.loss, self.p.checkpointer.lag(), self.p.accountant.dead_lettered)
-        if line is not None:
-            log.info("%s", line)
+        reading = self.status.reading(step, self.summary.loss, self.p.checkpointer.lag(),
+                                      self.p.accountant.dead_lettered)
+        if reading is not None:
+            log.info("%s", reading.line())
+            if self.p.board is not None:
+                self.p.board.reading(reading)
 
     def _checkpoint(self, final: bool = False) -> bool:
         """Every worker calls this at the same round; the chief's copy is the job's checkpoint."""
@@ -200,6 +205,8 @@ class TrainLoop:
         metrics.LAST_CHECKPOINT.set(time.time())
         if self.w.is_chief:
             log.info("checkpoint %s (step %d, next offsets %s)", saved.path, s.step, saved.positions)
+            if self.p.board is not None:
+                self.p.board.flush()
         # Every worker joins the round (the chief's clock decides whether an export is due): an
         # export with its evaluation can take longer than the peer timeout, and the others would
         # otherwise wait for the chief inside their next vote and take it for lost.
@@ -227,6 +234,8 @@ class TrainLoop:
         # schedule must stay the same (it decides collective rounds).
         result = self.p.scorer.score(s.step)
         s.first_eval, s.best_eval, s.last_eval = self.p.scorer.first, self.p.scorer.best, self.p.scorer.last
+        if result is not None and self.p.board is not None:
+            self.p.board.evaluation(result)
         return result
 
     def _finish(self) -> None:
@@ -238,6 +247,8 @@ class TrainLoop:
         if self.ballot.anything_to_save(mine):
             s.final_checkpoint_ok = self._checkpoint(final=True)
         log.info("model weights checksum %s (identical on every worker of a job)", self.p.checkpointer.checksum())
+        if self.p.board is not None:
+            self.p.board.flush()
         self.p.accountant.close()
 
     def _outcome(self) -> RunSummary:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,24 @@ KEEP_SNAPSHOTS = 20
 
 
 @dataclass(frozen=True)
+class Pictures:
+    """A few eval examples and the model's answer: uint8 images [k, h, w, 3], classes [k, h, w]."""
+
+    image: Array
+    truth: Array
+    predicted: Array
+
+
+@dataclass(frozen=True)
 class EvalResult:
     step: int
     mean_iou: float
     pixel_accuracy: float
     images: int
     snapshot: Path | None
+    # Drawn into the snapshot PNG and TensorBoard's images; a few small arrays, kept for the last
+    # evaluation only (RunSummary keeps three results, never one per evaluation).
+    pictures: Pictures | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -104,29 +116,35 @@ class Evaluator:
     def evaluate(self, step: int) -> EvalResult:
         cm, n = confusion(self.model, self.batches)
         miou, acc = scores(cm)
+        pictures = self._pictures() if self.pictures and self.batches else None
         snapshot = None
-        if self.snapshot_dir is not None and self.pictures:
+        if self.snapshot_dir is not None and pictures is not None:
             try:
-                snapshot = self._snapshot(step)
+                snapshot = self._snapshot(step, pictures)
             except OSError as exc:  # a picture is a convenience: never a reason to stop training
                 log.error("cannot write the eval snapshot into %s: %s", self.snapshot_dir, exc)
-        return EvalResult(step, miou, acc, n, snapshot)
+        return EvalResult(step, miou, acc, n, snapshot, pictures)
 
-    def _snapshot(self, step: int) -> Path | None:
+    def _pictures(self) -> Pictures:
+        """The first few eval examples, always the same ones, and the current weights' answer."""
+        batch = self.batches[0]
+        k = min(self.pictures, int(batch["image"].shape[0]))
+        pred = tf.argmax(self.model(tf.cast(batch["image"][:k], tf.float32) / 255.0, training=False), axis=-1)
+        return Pictures(batch["image"][:k].numpy(), batch["mask"][:k, ..., 0].numpy(), pred.numpy().astype(np.uint8))
+
+    def _snapshot(self, step: int, pictures: Pictures) -> Path | None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        if not self.batches or self.snapshot_dir is None:
+        if self.snapshot_dir is None:
             return None
-        batch = self.batches[0]
-        k = min(self.pictures, int(batch["image"].shape[0]))
-        pred = tf.argmax(self.model(tf.cast(batch["image"][:k], tf.float32) / 255.0, training=False), axis=-1).numpy()
+        k = len(pictures.image)
         fig, axes = plt.subplots(k, 3, figsize=(6, 2 * k), squeeze=False)
         for i in range(k):
-            panels = [(batch["image"][i].numpy(), "image"), (batch["mask"][i, ..., 0].numpy(), "true trimap"),
-                      (pred[i], f"predicted (step {step})")]
+            panels = [(pictures.image[i], "image"), (pictures.truth[i], "true trimap"),
+                      (pictures.predicted[i], f"predicted (step {step})")]
             for ax, (img, title) in zip(axes[i], panels, strict=True):
                 ax.imshow(img, vmin=0, vmax=NUM_CLASSES - 1, cmap=None if img.ndim == 3 else "viridis")
                 ax.set_title(title, fontsize=8)

@@ -49,11 +49,13 @@ def places(settings: Settings) -> list[tuple[str, str, bool]]:
     """(config key, path, is a directory) for everything this worker will write."""
     t = settings.trainer
     out: list[tuple[str, str, bool]] = []
-    if t.cluster.index == 0:  # the chief: the job's checkpoints, exports and eval snapshots
+    if t.cluster.index == 0:  # the chief: the job's checkpoints, exports, eval snapshots and event files
         out += [("trainer.checkpoint.dir", t.checkpoint.dir, True),
                 ("trainer.checkpoint.export_dir", t.checkpoint.export_dir, True)]
         if t.loop.eval_every_steps and t.loop.snapshot_dir:
             out.append(("trainer.loop.snapshot_dir", t.loop.snapshot_dir, True))
+        if t.loop.tensorboard_dir:
+            out.append(("trainer.loop.tensorboard_dir", t.loop.tensorboard_dir, True))
     else:  # the others: scratch copies of every save
         out.append(("trainer.cluster.scratch_dir", t.cluster.scratch_dir or tempfile.gettempdir(), True))
     if t.loop.trained_log:

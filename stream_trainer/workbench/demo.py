@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -86,6 +87,10 @@ def main(seconds: float, workdir: Path) -> int:
     print(f"exported model (TF Serving layout):          {Path(t.checkpoint.export_dir, 'latest').resolve()}")
     print(f"eval snapshots (image | truth | prediction): {Path(t.loop.snapshot_dir).resolve()}")
     print(f"metrics were served at http://127.0.0.1:{t.metrics.port}/metrics during the run")
+    if t.loop.tensorboard_dir:
+        print(f"TensorBoard (loss, scores, eval pictures, config): {sys.executable} -m tensorboard.main "
+              f"--logdir {Path(t.loop.tensorboard_dir).resolve()} --host 127.0.0.1 --port 6006, "
+              "then open http://127.0.0.1:6006")
     learned = bool(first and last and last.mean_iou > first.mean_iou + 0.05)
     print("learning: " + ("yes, eval mean IoU rose" if learned else "NO: eval mean IoU did not rise clearly"))
     return 0 if learned else 1

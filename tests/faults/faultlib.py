@@ -155,7 +155,8 @@ class Rig:
                 "pipeline": {"image_size": 32, "batch_size": BATCH, "shuffle_buffer": SHUFFLE},
                 "model": {"base_filters": 4, "depth": 2, "precision": "mixed_bfloat16"},  # named, not the host's
                 "loop": {"eval_every_steps": 0, "eval_wait_s": 0, "log_every_s": 2,
-                         "snapshot_dir": str(self.tmp / "snapshots")},
+                         "snapshot_dir": str(self.tmp / "snapshots"),
+                         "tensorboard_dir": str(self.tmp / "tensorboard")},
                 "checkpoint": {"dir": str(self.checkpoint_dir), "export_dir": str(self.tmp / "export"),
                                "every_steps": CHECKPOINT_EVERY, "every_seconds": 0, "keep": 3},
                 "replay": {"size_mib": 4},

@@ -85,7 +85,8 @@ def _base(tmp_path: Path, bootstrap: str) -> dict[str, Any]:
             "topics": {"train": f"missing-{uuid.uuid4().hex[:8]}"},
             "trainer": {"metrics": {"host": "127.0.0.1", "port": 0},
                         "checkpoint": {"dir": str(tmp_path / "ckpt"), "export_dir": str(tmp_path / "export")},
-                        "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots")}}}
+                        "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots"),
+                                                   "tensorboard_dir": str(tmp_path / "tensorboard")}}}
 
 
 @pytest.mark.faults

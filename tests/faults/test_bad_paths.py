@@ -26,7 +26,8 @@ def _config(tmp_path: Path, **dotted: Any) -> Path:
         "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "connect_timeout_s": 3},
         "trainer": {"metrics": {"port": 0},
                     "checkpoint": {"dir": str(tmp_path / "ckpt"), "export_dir": str(tmp_path / "export")},
-                    "loop": {"snapshot_dir": str(tmp_path / "snapshots")}}}
+                    "loop": {"snapshot_dir": str(tmp_path / "snapshots"),
+                             "tensorboard_dir": str(tmp_path / "tensorboard")}}}
     for key, value in dotted.items():
         node = data
         *parents, leaf = key.split("__")
@@ -58,6 +59,8 @@ CASES: list[tuple[str, Any, str, str]] = [
      "trainer.checkpoint.export_dir", "is a file, not a directory"),
     ("snapshot_dir_under_a_file", lambda f: {"trainer__loop__snapshot_dir": str(f / "snaps")},
      "trainer.loop.snapshot_dir", "is a file, not a directory"),
+    ("tensorboard_dir_under_a_file", lambda f: {"trainer__loop__tensorboard_dir": str(f / "tb")},
+     "trainer.loop.tensorboard_dir", "is a file, not a directory"),
     ("scratch_dir_is_a_file", lambda f: {"trainer__cluster__scratch_dir": str(f),
                                          "trainer__cluster__workers": ["127.0.0.1:1", "127.0.0.1:2"],
                                          "trainer__cluster__index": 1},

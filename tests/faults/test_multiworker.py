@@ -114,6 +114,10 @@ def test_two_workers_train_in_step_and_checkpoint_every_partition(job: Rig) -> N
         for p in (i, i + 2):  # the checkpoint's position = exactly what was trained, in order
             assert final.positions[p] == len([1 for q, _ in counts if q == p]), (p, final)
     assert committed_offsets(job.bootstrap, job.group, job.topic, PARTITIONS) == final.positions
+    # One job, one TensorBoard run: both workers are given the same tensorboard_dir, only the chief writes.
+    events = [p.name for p in (job.tmp / "tensorboard").glob("events.out.tfevents.*")]
+    chief, other = (program.proc.pid for program, _, _ in workers)
+    assert events and all(f".{chief}." in name and f".{other}." not in name for name in events), (events, chief, other)
 
 
 @pytest.mark.faults

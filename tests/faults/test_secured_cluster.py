@@ -238,7 +238,8 @@ def test_security_misconfiguration_is_one_line_exit_2_in_time_without_secrets(
                 "topics": {"train": topic, "eval": f"{topic}-eval", "dead_letter": f"{topic}-dlq"},
                 "trainer": {"source": {"group_id": "stream-trainer" if case == "no_acl_on_the_group" else f"{topic}-g"},
                             "metrics": {"port": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
-                            "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots")}}}
+                            "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots"),
+                                                       "tensorboard_dir": str(tmp_path / "tensorboard")}}}
     path = tmp_path / "trainer.yaml"
     path.write_text(yaml.safe_dump(settings))
     start = time.monotonic()
