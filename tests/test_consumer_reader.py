@@ -42,7 +42,7 @@ def test_a_partition_whose_share_is_full_is_paused_and_the_others_read_on(
     thread, so partition 1's messages still reach the intake; once there is room again, 0 resumes
     at the message it was refused and hands on every offset once, in order."""
     topic = new_topic(partitions=2)
-    n = 200
+    n = 100
     _produce(kafka_bootstrap, topic, [(0, b"k", f"a{i}".encode()) for i in range(n)])
     stop, threads = threading.Event(), Threads()
     # Nothing takes from the inbox: the pump blocks once it holds 4, and partition 0's share fills.
@@ -51,7 +51,7 @@ def test_a_partition_whose_share_is_full_is_paused_and_the_others_read_on(
                          resolve=lambda _p, offset: offset, stop=stop, threads=threads, share=8, group=4)
     src.start({0: 0, 1: 0})
     try:
-        _until(lambda: src.readers[0].paused and src.intake.full(0), 30, "partition 0 to be paused with a full share")
+        _until(lambda: src.readers[0].paused and src.intake.full(0), 60, "partition 0 to be paused with a full share")
         _produce(kafka_bootstrap, topic, [(1, b"k", f"b{i}".encode()) for i in range(5)])
         _until(lambda: src.intake.staged(1) == 5, 30, "partition 1's messages while partition 0 is paused")
         assert src.readers[0].paused and threads.failure() is None

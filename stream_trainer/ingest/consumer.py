@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 # Messages one consume() call returns at most: enough to amortise the call, few enough that one
 # partition's burst is handed on (or refused) in a few milliseconds.
 _BATCH = 256
+# The broker's long poll of a fetch (librdkafka's default 500 ms): see SharedConsumer.__init__.
+_FETCH_WAIT_MS = 100
 # While some partitions are paused, how often the thread looks whether they have room again.
 _PAUSED_POLL_S = 0.01
 # Errors librdkafka retries by itself: logged, never a failure (the watchdog catches a stall).
@@ -118,6 +120,9 @@ class SharedConsumer:
         self._conf = client_config(kafka, **{
             "group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
             "auto.offset.reset": "error", "enable.partition.eof": False})
+        # A resumed partition joins the next fetch request to its broker, which waits while an idle
+        # partition's long poll is in flight: librdkafka's 500 ms would delay every resume that long.
+        self._conf.setdefault("fetch.wait.max.ms", _FETCH_WAIT_MS)
         self._lock = threading.Lock()
         self._wanted: dict[int, _Slot] = {}  # asked for, not yet applied by the thread
         self._recreate = False
@@ -220,8 +225,14 @@ class SharedConsumer:
         for p, slot in list(self._slots.items()):
             if slot.handle.paused and self._intake.staged(p) <= room:
                 tp = TopicPartition(self.topic, p, slot.next)
-                consumer.seek(tp)
-                consumer.resume([tp])
+                try:
+                    consumer.seek(tp)
+                    consumer.resume([tp])
+                except KafkaException as exc:  # not fetching yet, say: a fresh assignment does the same
+                    log.debug("resuming %s[%d] by seeking failed (%s); assigning it afresh", self.topic, p,
+                              _reason(exc))
+                    consumer.incremental_unassign([TopicPartition(self.topic, p)])
+                    consumer.incremental_assign([tp])
                 slot.handle.paused = False
 
     def _consume(self, consumer: Consumer) -> list[Message]:
