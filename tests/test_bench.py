@@ -68,10 +68,10 @@ class QuickRun:
 
 
 # -- every scenario runs -------------------------------------------------------------------------
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(290)  # both readers' contenders and live training runs: ~30 s more than one reader's
 def test_quick_throughput_bench_measures_every_contender_at_every_partition_count(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    results = QuickRun(kafka_bootstrap, tmp_path).result()
+    results = QuickRun(kafka_bootstrap, tmp_path).result(timeout_s=280)
     c, counts = results["contenders"], ["1", "2"]
     for key in ["raw_consume", "tfio_source", "consumer_source", "pipeline_live_confluent", *DECODERS]:
         for n in counts:
