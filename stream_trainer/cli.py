@@ -102,7 +102,8 @@ def _offline_checks(settings: Settings) -> None:
     from stream_trainer.kafka import security
     from stream_trainer.state import writable
 
-    security.check(settings.kafka)  # settings tensorflow-io would hang on or its librdkafka refuses
+    # Settings the chosen reader's librdkafka refuses (tensorflow-io's would hang on them).
+    security.check(settings.kafka, settings.trainer.source.chosen_reader())
     writable.check(settings)  # every place the trainer writes; creates nothing
 
 

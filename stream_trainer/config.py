@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from stream_trainer import tfenv
 from stream_trainer.errors import ConfigError
 
 T = TypeVar("T")
@@ -107,7 +108,11 @@ class SourceConfig:
     auto_offset_reset: str = "earliest"  # earliest | latest, when neither checkpoint nor group has an offset
     # Explicit partitions to read; empty = this worker's share (trainer.cluster) of every partition.
     partitions: list[int] = field(default_factory=list)
-    # librdkafka poll timeout inside tfio; bounds how stale a shutdown check can be.
+    # Which library reads the training data (docs/operations.md, "Choosing the reader"):
+    # tensorflow-io (one KafkaDataset per partition) | confluent-kafka (one consumer for all of the
+    # worker's partitions). Empty = tensorflow-io where it is installed, else confluent-kafka.
+    reader: str = ""
+    # librdkafka poll timeout of the reader; bounds how stale a shutdown check can be.
     poll_timeout_ms: int = 1000
     # How often the topic's partition count is re-read: added partitions are trained without a restart.
     metadata_refresh_s: float = 60.0
@@ -119,10 +124,15 @@ class SourceConfig:
     max_restarts: int = 5
     restart_window_s: float = 300.0
     # tfio waits instead of failing on some faults (a recreated topic, revoked credentials): a
-    # reader that hands on nothing this long while messages wait in Kafka is replaced.
+    # reader that hands on nothing this long while messages wait in Kafka is replaced (the
+    # confluent-kafka reader's consumer is re-created).
     stall_timeout_s: float = 60.0
     # Raw messages read ahead of decoding (a bounded queue: back pressure on Kafka reads).
     queue_capacity: int = 512
+
+    def chosen_reader(self) -> str:
+        """``reader``, or this stack's default where it is empty (``tfenv.default_reader``)."""
+        return self.reader or tfenv.default_reader()
 
 
 @dataclass(frozen=True)
@@ -274,6 +284,11 @@ class Settings:
             (self.trainer.source.stall_timeout_s > 0, "trainer.source.stall_timeout_s", "must be > 0"),
             (self.trainer.source.queue_capacity >= 1, "trainer.source.queue_capacity", "must be >= 1"),
             (self.trainer.source.poll_timeout_ms > 0, "trainer.source.poll_timeout_ms", "must be > 0"),
+            (self.trainer.source.reader in {"", *tfenv.READERS}, "trainer.source.reader",
+             f"must be {' or '.join(tfenv.READERS)} (or empty for this stack's default)"),
+            (self.trainer.source.reader != tfenv.TENSORFLOW_IO or tfenv.tensorflow_io_installed(),
+             "trainer.source.reader", "is tensorflow-io, but tensorflow-io is not installed (it has no build for "
+             "this Python/TensorFlow); use confluent-kafka"),
             (self.trainer.pipeline.max_batch_wait_ms >= 0, "trainer.pipeline.max_batch_wait_ms", "must be >= 0"),
             (self.trainer.pipeline.decode_group >= 1, "trainer.pipeline.decode_group", "must be >= 1"),
             (self.trainer.pipeline.max_pixels >= 0, "trainer.pipeline.max_pixels", "must be >= 0 (0 = no limit)"),

@@ -72,8 +72,9 @@ SOURCE_RESTARTS = Counter(
     "stream_trainer_source_restarts_total", "Times a partition's Kafka reader failed and was restarted.",
     ["topic", "partition"], registry=REGISTRY)
 KAFKA_CONSUMERS = Gauge(
-    "stream_trainer_kafka_consumers", "librdkafka consumers held by this process's partition readers (one per "
-    "partition; a retired reader's until tensorflow-io returns control to it).", registry=REGISTRY)
+    "stream_trainer_kafka_consumers", "librdkafka consumers held by this process's readers (tensorflow-io: one "
+    "per partition, a retired reader's until tensorflow-io returns control to it; confluent-kafka: 1).",
+    registry=REGISTRY)
 CHECKPOINTS = Counter("stream_trainer_checkpoints_total", "Checkpoints written (weights, optimizer, offsets).",
                       registry=REGISTRY)
 CHECKPOINT_FAILURES = Counter(

@@ -180,3 +180,25 @@ class QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__loader__ = module.__spec__.loader = self._loader
         with filtered_stderr():
             self._loader.exec_module(module)
+
+
+# --- which Kafka reader this stack can run --------------------------------------------------------
+
+TENSORFLOW_IO = "tensorflow-io"
+CONFLUENT_KAFKA = "confluent-kafka"
+READERS = (TENSORFLOW_IO, CONFLUENT_KAFKA)
+
+
+def tensorflow_io_installed() -> bool:
+    """True when the ``tensorflow_io`` package is installed (found, not imported: importing it
+    loads TensorFlow, seconds that a config typo should not cost)."""
+    return importlib.util.find_spec("tensorflow_io") is not None
+
+
+def default_reader() -> str:
+    """``trainer.source.reader`` when the config leaves it empty: the one rule.
+
+    tensorflow-io where it is installed (Python 3.11/3.12 with TensorFlow 2.16), else
+    confluent-kafka (Python 3.13 with current TensorFlow, for which tensorflow-io has no build).
+    """
+    return TENSORFLOW_IO if tensorflow_io_installed() else CONFLUENT_KAFKA

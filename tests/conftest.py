@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_trainer import tfenv
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 from stream_trainer.workbench.broker import LocalBroker
@@ -67,6 +68,13 @@ def new_topic(cluster: Cluster) -> Callable[..., str]:
         return name
 
     return make
+
+
+@pytest.fixture()
+def reader() -> str:
+    """``trainer.source.reader`` for a test: the stack's default; tests of the reader contract
+    parametrise it over both (``tests/readers.py``)."""
+    return tfenv.default_reader()
 
 
 @pytest.fixture()

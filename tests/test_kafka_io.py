@@ -1,5 +1,6 @@
-"""The Kafka plumbing against the real 3.9.1 broker: confluent-kafka both ways, tensorflow-io's
-librdkafka 1.5.0 reading from an offset with positions, idle topics, and group offsets."""
+"""The Kafka plumbing against the real 3.9.1 broker: confluent-kafka both ways, both readers
+(tensorflow-io's librdkafka 1.5.0, confluent-kafka's one consumer) reading from an offset with
+positions, idle topics, and group offsets."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import tensorflow as tf
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream_trainer.config import KafkaConfig, SourceConfig
 from stream_trainer.ingest import source
 from stream_trainer.ingest.inbox import END_PARTITION, Inbox
-from stream_trainer.ingest.supervisor import KafkaSource
+from stream_trainer.ingest.source import source_class
 from stream_trainer.kafka import Cluster
 from stream_trainer.threads import Threads
+from tests.readers import READERS
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:
@@ -32,13 +35,14 @@ def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) 
 _ALIVE: list[object] = []
 
 
-def _read(kafka_bootstrap: str, topic: str, starts: dict[int, int],
+def _read(reader: str, kafka_bootstrap: str, topic: str, starts: dict[int, int],
           stops: dict[int, int] | None = None, poll_timeout_ms: int = 200) -> Inbox:
-    """The trainer's Kafka readers for ``starts``, putting what they read into a fresh inbox."""
+    """The trainer's Kafka readers (``reader``) for ``starts``, putting what they read into a fresh inbox."""
     inbox = Inbox(64)
-    cfg = SourceConfig(poll_timeout_ms=poll_timeout_ms)
-    KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, inbox, cfg, "tfio-test",
-                resolve=lambda _p, offset: offset, stop=threading.Event(), threads=Threads()).start(starts, stops)
+    cfg = SourceConfig(poll_timeout_ms=poll_timeout_ms, reader=reader)
+    source_class(reader)(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, inbox, cfg, "tfio-test",
+                         resolve=lambda _p, offset: offset, stop=threading.Event(), threads=Threads()
+                         ).start(starts, stops)
     return inbox
 
 
@@ -88,11 +92,12 @@ def test_confluent_round_trip_over_several_partitions(kafka_bootstrap: str, new_
     assert got == sent
 
 
-def test_tfio_reads_from_the_given_offset_with_partition_and_offset(
-        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_reader_reads_from_the_given_offset_with_partition_and_offset(
+        reader: str, kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(1, f"k{i}".encode(), f"v{i}".encode()) for i in range(10)])
-    inbox = _read(kafka_bootstrap, topic, {1: 4})
+    inbox = _read(reader, kafka_bootstrap, topic, {1: 4})
     rows = [_take(inbox, 30) for _ in range(6)]
     assert rows == [(f"v{i}".encode(), 1, i) for i in range(4, 10)]
 
@@ -109,11 +114,12 @@ def test_tfio_yields_partition_colon_offset_strings(kafka_bootstrap: str, new_to
     assert (value.numpy(), key.numpy(), position.numpy()) == (b"y", b"b", b"0:1")
 
 
+@pytest.mark.parametrize("reader", READERS)
 def test_idle_topic_does_not_end_the_stream_and_late_messages_arrive(
-        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+        reader: str, kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(0, b"k", b"early")])
-    inbox = _read(kafka_bootstrap, topic, {0: 0, 1: 0})
+    inbox = _read(reader, kafka_bootstrap, topic, {0: 0, 1: 0})
     assert _take(inbox, 30) == (b"early", 0, 0)
     # Both partitions are now idle for longer than several poll timeouts; the readers must wait.
     timer = threading.Timer(2.0, _produce, (kafka_bootstrap, topic, [(1, b"k", b"late")]))
@@ -123,10 +129,12 @@ def test_idle_topic_does_not_end_the_stream_and_late_messages_arrive(
     assert late == (b"late", 1, 0)
 
 
-def test_idle_partition_does_not_hold_back_busy_ones(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_idle_partition_does_not_hold_back_busy_ones(reader: str, kafka_bootstrap: str,
+                                                     new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=3)
     _produce(kafka_bootstrap, topic, [(2, b"k", f"v{i}".encode()) for i in range(20)])
-    inbox = _read(kafka_bootstrap, topic, {0: 0, 1: 0, 2: 0})
+    inbox = _read(reader, kafka_bootstrap, topic, {0: 0, 1: 0, 2: 0})
     got = [_take(inbox, 30) for _ in range(20)]
     assert got == [(f"v{i}".encode(), 2, i) for i in range(20)]  # in offset order within the partition
 
@@ -173,22 +181,25 @@ def test_tf_is_importable_with_tfio_kafka() -> None:
     _ = TopicPartition
 
 
-def test_bounded_read_ends_at_the_stop_offsets(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_bounded_read_ends_at_the_stop_offsets(reader: str, kafka_bootstrap: str,
+                                               new_topic: Callable[..., str]) -> None:
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(p, b"k", b"v") for p in (0, 1) for _ in range(3)])
-    inbox = _read(kafka_bootstrap, topic, {0: 1, 1: 0}, stops={0: 3, 1: 3})
+    inbox = _read(reader, kafka_bootstrap, topic, {0: 1, 1: 0}, stops={0: 3, 1: 3})
     got = [_take(inbox, 30) for _ in range(6)]
     assert sorted((p, o) for _, p, o in got[:5]) == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert got[5][1] == END_PARTITION  # then the end marker, once every partition is done
 
 
+@pytest.mark.parametrize("reader", READERS)
 def test_partitions_with_a_backlog_take_turns_from_the_first_group(
-        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+        reader: str, kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     """After a restart with a backlog every partition reaches the decoder from the start, not one
     partition's whole read-ahead first."""
     topic = new_topic(partitions=2)
     _produce(kafka_bootstrap, topic, [(p, b"k", b"v" * 1000) for p in (0, 1) for _ in range(600)])
-    inbox = _read(kafka_bootstrap, topic, {0: 0, 1: 0})
+    inbox = _read(reader, kafka_bootstrap, topic, {0: 0, 1: 0})
     time.sleep(5)  # the readers connect and fill their shares while nothing is decoded
     taken = [_take(inbox, 30)[1] for _ in range(384)]
     # The inbox holds two decode groups (128): those may be one partition's alone when the other's
@@ -197,8 +208,9 @@ def test_partitions_with_a_backlog_take_turns_from_the_first_group(
     assert later.count(0) >= 64 and later.count(1) >= 64, taken
 
 
+@pytest.mark.parametrize("reader", READERS)
 def test_a_partition_ending_in_a_transaction_marker_is_caught_up_not_stalled(
-        kafka_config: KafkaConfig, cluster: Cluster, new_topic: Callable[..., str]) -> None:
+        reader: str, kafka_config: KafkaConfig, cluster: Cluster, new_topic: Callable[..., str]) -> None:
     """position < high watermark for ever (the commit marker): the watchdog must not replace it."""
     from stream_trainer.config import Settings, TopicsConfig, TrainerConfig
     from stream_trainer.ingest.fresh import FreshRows
@@ -219,7 +231,7 @@ def test_a_partition_ending_in_a_transaction_marker_is_caught_up_not_stalled(
     assert cluster.watermarks(topic, [0])[0].high == 4
     stall_s = 1.0
     settings = Settings(kafka=kafka_config, topics=TopicsConfig(train=topic), trainer=TrainerConfig(
-        source=SourceConfig(stall_timeout_s=stall_s, poll_timeout_ms=200)))
+        source=SourceConfig(stall_timeout_s=stall_s, poll_timeout_ms=200, reader=reader)))
     stop = threading.Event()
     threads = Threads()
     fresh = FreshRows(64)
@@ -235,16 +247,18 @@ def test_a_partition_ending_in_a_transaction_marker_is_caught_up_not_stalled(
         stop.set()
 
 
+@pytest.mark.parametrize("reader", READERS)
 def test_replaced_readers_and_a_duplicate_delivery_skip_nothing_and_hand_on_each_offset_once(
-        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+        reader: str, kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     """Readers replaced mid-stream (the watchdog's path) and a message delivered twice: the feeder
     sees every offset exactly once, in order, nothing skipped."""
     topic = new_topic(partitions=1)
     n = 400
     _produce(kafka_bootstrap, topic, [(0, b"k", f"v{i}".encode()) for i in range(n)])
-    src = KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, Inbox(64),
-                      SourceConfig(poll_timeout_ms=200), "tfio-test", resolve=lambda _p, offset: offset,
-                      stop=threading.Event(), threads=Threads(), share=16, group=16).start({0: 0})
+    src = source_class(reader)(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, Inbox(64),
+                               SourceConfig(poll_timeout_ms=200, reader=reader), "tfio-test",
+                               resolve=lambda _p, offset: offset, stop=threading.Event(), threads=Threads(),
+                               share=16, group=16).start({0: 0})
     fed: list[int] = []
     delivered: list[bool] = []
     duplicates: list[threading.Thread] = []

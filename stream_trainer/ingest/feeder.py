@@ -15,6 +15,12 @@ Messages the decoder dropped as malformed: when a group names every message that
 prev, offset, epoch)`` (dead-lettered as the hole ``(prev, offset]``), so a malformed message that
 is the last of its partition does not wait for a later one; otherwise (or without ``on_dropped``)
 the next row's ``prev`` spans them and the loop dead-letters that gap.
+
+Freshness: a row's ``produce_ts_ms`` is the record's Kafka CreateTime where the reader knows it
+(the confluent-kafka reader, when the producer set it: timestamp type CREATE_TIME), else the
+Example's ``produce_ts_ms`` field (docs/wire-format.md). Kafka's clock is the producer client's,
+set for every record by every Kafka client, so it needs no cooperation from producers in other
+languages; the field remains for tensorflow-io, which cannot read timestamps.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Feeder:
         keep: list[int] = []
         prev = np.empty(n, np.int64)
         epoch = np.empty(n, np.int32)
+        produced = group["produce_ts_ms"].numpy().copy()
         if self._on_dropped is not None and "seen_partition" in group:
             row_of = {(int(p), int(o)): i for i, (p, o) in enumerate(zip(partition, offset, strict=True))}
             for p, o in zip(group["seen_partition"].numpy().tolist(), group["seen_offset"].numpy().tolist(),
@@ -87,15 +94,17 @@ class Feeder:
                 else:
                     keep.append(i)
                     epoch[i], prev[i] = fed
+                    produced[i] = self.ledger.created_ms(p) or produced[i]
         else:
             for i, (p, o) in enumerate(zip(partition.tolist(), offset.tolist(), strict=True)):
                 fed = self.ledger.fed(p, o)
                 if fed is not None:
                     keep.append(i)
                     epoch[i], prev[i] = fed
+                    produced[i] = self.ledger.created_ms(p) or produced[i]
         if len(keep) < n:
             log.debug("dropped %d rows of an older epoch or read twice", n - len(keep))
         rows = Rows(image=group["image"].numpy(), mask=group["mask"].numpy(), partition=partition, offset=offset,
-                    prev=prev, produce_ts_ms=group["produce_ts_ms"].numpy(), nbytes=group["nbytes"].numpy(),
+                    prev=prev, produce_ts_ms=produced, nbytes=group["nbytes"].numpy(),
                     arrived=np.full(n, time.monotonic()), epoch=epoch)
         return rows if len(keep) == n else rows.select(np.asarray(keep, np.intp))

@@ -29,7 +29,7 @@ from stream_trainer.ingest import pipeline
 from stream_trainer.ingest.feeder import Dropped, Feeder
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inbox import Inbox
-from stream_trainer.ingest.supervisor import KafkaSource, assigned_partitions, staging_share
+from stream_trainer.ingest.source import assigned_partitions, source_class, staging_share
 from stream_trainer.kafka import Cluster, Watermarks
 from stream_trainer.threads import Threads
 
@@ -106,9 +106,12 @@ class Inputs:
             self.inbox = Inbox(2 * group)
             decoded = pipeline.decoded_groups(self.inbox, t.pipeline.image_size, group, t.pipeline.decode_threads,
                                               t.pipeline.max_pixels)
-        self.source = KafkaSource(settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio",
-                                  self._resolve, stop, threads, share=staging_share(t.source, group, len(starts)),
-                                  group=group, on_reposition=on_reposition, caught_up=self._caught_up)
+        # Either reader's consumers use the group id '<group_id>-tfio' (joined by neither: ACLs
+        # granted for it, docs/operations.md, serve both readers).
+        self.source = source_class(t.source.chosen_reader())(
+            settings.kafka, self.topic, self.inbox, t.source, f"{t.source.group_id}-tfio", self._resolve, stop,
+            threads, share=staging_share(t.source, group, len(starts)), group=group, on_reposition=on_reposition,
+            caught_up=self._caught_up)
         self._starts = dict(starts)
         self.feeder = Feeder(decoded, fresh, self.source.ledger, stop, on_dropped=on_dropped, threads=threads)
         self._count = partition_count

@@ -11,6 +11,9 @@ queue (``inbox.py``), which the decode pipeline takes from. Why not straight int
   blocks beyond that, and librdkafka's own read-ahead is bounded too (``reader.py``). The memory
   a worker needs grows with its partition count by a known amount per partition
   (docs/operations.md), not by whatever a fast partition manages to read.
+* **Blocking or not, as the reader needs.** A tensorflow-io reader owns a thread per partition
+  and blocks in ``put``; the confluent-kafka reader feeds every partition from one thread, so it
+  ``offer``s instead and pauses a partition whose share is full (``consumer.py``).
 * **Retired readers are refused under one lock.** A reader replaced by the watchdog may still
   wake up with a message; ``put`` checks, under the lock that ``retire`` takes, that the reader
   is still its partition's reader, and that the message is new (``ledger.py``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import TypeAlias
 
 import tensorflow as tf
 
@@ -29,6 +33,8 @@ from stream_trainer.threads import Threads
 
 # How long the pump waits for messages before it looks at the stop event again.
 _POLL_S = 0.2
+
+Value: TypeAlias = tf.Tensor | bytes
 
 
 class Intake:
@@ -43,7 +49,9 @@ class Intake:
         self._stop = stop
         self._threads = threads
         self._cond = threading.Condition()
-        self._staged: dict[int, deque[tuple[int, int, tf.Tensor]]] = {}  # partition -> (offset, epoch, value)
+        # partition -> (offset, epoch, value, CreateTime in ms or 0); a value is a tensor or the bytes
+        # themselves (one tf.constant per hand-over then, not one per message).
+        self._staged: dict[int, deque[tuple[int, int, Value, int]]] = {}
         self._reader: dict[int, object] = {}  # partition -> the reader allowed to put
         self._next = 0  # round-robin cursor over partitions
         self._ended = False
@@ -90,19 +98,38 @@ class Intake:
         with self._cond:
             return len(self._staged.get(partition, ())) >= self.share
 
-    def put(self, partition: int, reader: object, epoch: int, offset: int, value: tf.Tensor) -> bool:
+    def put(self, partition: int, reader: object, epoch: int, offset: int, value: Value,
+            created_ms: int = 0) -> bool:
         """Stage one message; block while the partition's share is full. False once ``reader`` was
-        retired or the trainer stops (the reader then ends); a duplicate is skipped (True)."""
+        retired or the trainer stops (the reader then ends); a duplicate is skipped (True).
+        ``created_ms``: the record's CreateTime where the reader knows it (0 = unknown)."""
         with self._cond:
             staged = self._staged.setdefault(partition, deque())
             while len(staged) >= self.share and self._reader.get(partition) is reader and not self._stop.is_set():
                 self._cond.wait(_POLL_S)
-            if self._reader.get(partition) is not reader or self._stop.is_set():
-                return False
-            if self.ledger.read(partition, epoch, offset):
-                staged.append((offset, epoch, value))
-                self._cond.notify_all()
-            return True
+            return self._stage(partition, reader, epoch, offset, value, created_ms)
+
+    def offer(self, partition: int, reader: object, epoch: int, offset: int, value: Value,
+              created_ms: int = 0) -> bool | None:
+        """``put`` without waiting: None (nothing staged) while the partition's share is full."""
+        with self._cond:
+            if len(self._staged.setdefault(partition, deque())) >= self.share:
+                return None
+            return self._stage(partition, reader, epoch, offset, value, created_ms)
+
+    def _stage(self, partition: int, reader: object, epoch: int, offset: int, value: Value, created_ms: int) -> bool:
+        if self._reader.get(partition) is not reader or self._stop.is_set():
+            return False
+        if self.ledger.read(partition, epoch, offset):
+            self._staged[partition].append((offset, epoch, value, created_ms))
+            self._cond.notify_all()
+        return True
+
+    def wait_for_room(self, partitions: list[int], below: int, timeout_s: float) -> None:
+        """Wait until one of ``partitions`` stages at most ``below`` messages, or ``timeout_s`` passed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._stop.is_set() or any(
+                len(self._staged.get(p, ())) <= below for p in partitions), timeout_s)
 
     def end(self) -> None:
         """Every bounded read is complete: the pump sends the end marker after what is staged."""
@@ -111,7 +138,7 @@ class Intake:
             self._cond.notify_all()
 
     # -- the pump -----------------------------------------------------------------------------
-    def _take(self) -> list[tuple[int, int, int, tf.Tensor]] | None:
+    def _take(self) -> list[tuple[int, int, int, Value, int]] | None:
         """Up to ``group`` staged messages, one partition after another; [] on a quiet poll, None at the end."""
         with self._cond:
             while not any(self._staged.values()):
@@ -123,19 +150,19 @@ class Intake:
             start = self._next % len(parts)
             order = parts[start:] + parts[:start]
             self._next += 1
-            taken: list[tuple[int, int, int, tf.Tensor]] = []
+            taken: list[tuple[int, int, int, Value, int]] = []
             while len(taken) < self._group and order:
                 for p in list(order):
                     q = self._staged[p]
                     if not q or len(taken) >= self._group:
                         order.remove(p)
                         continue
-                    offset, epoch, value = q.popleft()
-                    taken.append((p, offset, epoch, value))
+                    offset, epoch, value, created = q.popleft()
+                    taken.append((p, offset, epoch, value, created))
             for p in {t[0] for t in taken}:
-                mine = [(o, e) for q, o, e, _ in taken if q == p]
-                for e in {e for _, e in mine}:
-                    self.ledger.sent(p, [o for o, ee in mine if ee == e], e)
+                mine = [(o, e, c) for q, o, e, _, c in taken if q == p]
+                for e in {e for _, e, _ in mine}:
+                    self.ledger.sent(p, [o for o, ee, _ in mine if ee == e], e, [c for _, ee, c in mine if ee == e])
             self._cond.notify_all()
             return taken
 
@@ -147,8 +174,10 @@ class Intake:
                     self.inbox.put_end()
                     return
                 if taken:
+                    values = [v for _, _, _, v, _ in taken]
                     self.inbox.queue.enqueue_many([
-                        tf.stack([v for _, _, _, v in taken]),
-                        tf.constant([p for p, _, _, _ in taken], tf.int32),
-                        tf.constant([o for _, o, _, _ in taken], tf.int64)])
+                        tf.constant(values, tf.string) if all(isinstance(v, bytes) for v in values)
+                        else tf.stack([tf.convert_to_tensor(v, tf.string) for v in values]),
+                        tf.constant([p for p, _, _, _, _ in taken], tf.int32),
+                        tf.constant([o for _, o, _, _, _ in taken], tf.int64)])
 

@@ -17,6 +17,10 @@ the feeder knows each message's epoch exactly, and drops before the fresh rows:
   message twice in one epoch, and never starts an epoch either: only the source does).
 
 Messages of a retired reader never get this far (``intake.py`` refuses them under its lock).
+
+A reader that knows a record's CreateTime (the confluent-kafka reader) hands it on with the
+message; it travels beside the offset in flight and ``created_ms`` answers it for the message
+``fed`` last passed, so freshness can be measured from Kafka's timestamp (``feeder.py``).
 Everything kept per partition is bounded by what is in flight between the reader and the feeder.
 """
 
@@ -38,8 +42,9 @@ class _Partition:
     start: int  # the first offset of this epoch
     last_read: int  # the last offset a reader handed on in this epoch (start - 1 before the first)
     last_fed: int  # the last offset the feeder saw in this epoch (start - 1 before the first)
-    # (offset, epoch) of every message in the inbox or the decode pipeline, oldest first.
-    in_flight: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_IN_FLIGHT_MAX))
+    # (offset, epoch, CreateTime ms or 0) of every message in the inbox or the decode pipeline, oldest first.
+    in_flight: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=_IN_FLIGHT_MAX))
+    fed_created_ms: int = 0  # the CreateTime of the message ``fed`` passed last (0 = unknown)
 
 
 class PartitionLedger:
@@ -94,12 +99,13 @@ class PartitionLedger:
         with self._lock:
             return {p: part.last_read + 1 for p, part in self._parts.items()}
 
-    def sent(self, partition: int, offsets: list[int], epoch: int) -> None:
-        """These messages of ``partition`` entered the inbox, in this order."""
+    def sent(self, partition: int, offsets: list[int], epoch: int, created_ms: list[int] | None = None) -> None:
+        """These messages of ``partition`` entered the inbox, in this order (with their CreateTimes)."""
         with self._lock:
             part = self._parts.get(partition)
             if part is not None:
-                part.in_flight.extend((o, epoch) for o in offsets)
+                part.in_flight.extend(zip(offsets, [epoch] * len(offsets), created_ms or [0] * len(offsets),
+                                          strict=True))
 
     def in_flight(self, partition: int) -> int:
         with self._lock:
@@ -116,18 +122,24 @@ class PartitionLedger:
             part = self._parts.get(partition)
             if part is None:  # never started by a source (tests, benchmarks fill the inbox directly)
                 part = self._parts[partition] = _Partition(0, offset, offset, offset - 1)
-            epoch = part.epoch
+            epoch, created = part.epoch, 0
             flight = part.in_flight
-            for i, (o, e) in enumerate(flight):
+            for i, (o, e, c) in enumerate(flight):
                 if o == offset:
                     for _ in range(i + 1):
                         flight.popleft()
-                    epoch = e
+                    epoch, created = e, c
                     break
             if epoch != part.epoch or offset < part.start or offset <= part.last_fed:
                 return None
-            prev, part.last_fed = part.last_fed, offset
+            prev, part.last_fed, part.fed_created_ms = part.last_fed, offset, created
             return epoch, prev
+
+    def created_ms(self, partition: int) -> int:
+        """The CreateTime (Unix ms) of the message ``fed`` passed last for ``partition``; 0 = unknown."""
+        with self._lock:
+            part = self._parts.get(partition)
+            return part.fed_created_ms if part is not None else 0
 
     def fed_positions(self) -> dict[int, int]:
         """Per partition, the offset after the last message the feeder saw (diagnostics, tests)."""

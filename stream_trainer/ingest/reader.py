@@ -16,7 +16,9 @@ bounded read done, an error) its iterator is released, and with it the librdkafk
 its threads: ``stream_trainer_kafka_consumers`` counts the ones alive.
 
 tfio bundles librdkafka 1.5.0; the bookkeeping it cannot do (commits, lag, metadata) lives in
-``kafka/`` with confluent-kafka.
+``kafka/`` with confluent-kafka. ``tensorflow_io`` is imported when a reader first reads, never at
+import: on a stack without it (Python 3.13) the trainer runs with the confluent-kafka reader
+(``consumer.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import threading
 
 import tensorflow as tf
-import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no `.kafka`
 
 from stream_trainer import metrics
 from stream_trainer.config import KafkaConfig
@@ -42,7 +43,8 @@ _consumers_lock = threading.Lock()
 _consumers = 0
 
 
-def _count_consumer(delta: int) -> None:
+def count_consumer(delta: int) -> None:
+    """A reader created (+1) or released (-1) a librdkafka consumer (``stream_trainer_kafka_consumers``)."""
     global _consumers
     with _consumers_lock:
         _consumers += delta
@@ -81,6 +83,8 @@ def tfio_config(kafka: KafkaConfig) -> list[str]:
 class PartitionReader:
     """Reads one partition from ``start`` (``count`` messages, None = forever) into the intake."""
 
+    paused = False  # it blocks in the intake instead (see the watchdog in supervisor.py)
+
     def __init__(self, kafka: KafkaConfig, topic: str, partition: int, group_id: str, poll_timeout_ms: int,
                  intake: Intake) -> None:
         self.topic = topic
@@ -108,6 +112,8 @@ class PartitionReader:
         self.started_at, self.next_offset, self.epoch = start, -1, epoch
         spec = f"{self.topic}:{self.partition}:{start}:-1"
         read = 0
+        import tensorflow_io.kafka as tfio_kafka  # lazily (module docstring); `import tensorflow_io` has no `.kafka`
+
         with tf.device("/CPU:0"):  # device scopes are per thread: this runs in the reader's
             ds = tfio_kafka.KafkaDataset(
                 [spec], servers=self._servers, group=self._group, eof=False, timeout=self._timeout,
@@ -115,7 +121,7 @@ class PartitionReader:
             if count is not None:
                 ds = ds.take(count)
             iterator = iter(ds)
-            _count_consumer(+1)
+            count_consumer(+1)
             try:
                 for value, _key, position in iterator:
                     offset = int(position.numpy().rsplit(b":", 1)[1])
@@ -125,5 +131,5 @@ class PartitionReader:
                         break
             finally:
                 del iterator  # the librdkafka consumer goes with it
-                _count_consumer(-1)
+                count_consumer(-1)
         return read

@@ -17,6 +17,10 @@ up (so a supervisor restarts the process) rather than pile up blocked consumers.
 
 More than ``max_restarts`` failures within ``restart_window_s`` (all partitions together) set
 ``failure``: the loop stops with a clear error so that a supervisor restarts the process.
+
+``KafkaSource`` runs tensorflow-io readers, a thread each; ``consumer_source.ConsumerSource``
+applies the same rules to the confluent-kafka reader's one consumer (``consumer.py``), and
+``source.make_source`` picks one by ``trainer.source.reader``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import tensorflow as tf
 
@@ -44,8 +49,19 @@ log = logging.getLogger(__name__)
 Resolver = Callable[[int, int], int]
 Repositioned = Callable[[int, int, int], None]  # (partition, start, epoch)
 CaughtUp = Callable[[int, int, int], bool]  # (partition, position, high watermark): only control records left
-# A reason longer than this is no reason a person reads; librdkafka's longest are a few hundred characters.
 
+
+class ReaderHandle(Protocol):
+    """What the supervisor needs of one partition's reader, whichever library reads."""
+
+    partition: int
+    epoch: int
+    paused: bool  # waiting for room in its intake share: not stalled
+
+    def position(self) -> int: ...
+
+    @property
+    def retired(self) -> bool: ...
 
 
 def assigned_partitions(all_partitions: list[int], source: SourceConfig, worker_index: int = 0,
@@ -84,7 +100,7 @@ class KafkaSource:
         self.backoff_s = restart_backoff_s
         self.ledger = PartitionLedger()
         self.intake = Intake(inbox, self.ledger, share, group, stop, threads)
-        self.readers: dict[int, PartitionReader] = {}
+        self.readers: dict[int, ReaderHandle] = {}
         self.restarts = 0
         self.retired = 0
         self.failure: StreamTrainerError | None = None
@@ -117,7 +133,7 @@ class KafkaSource:
         self._thread[partition] = self.threads.start(f"kafka-reader-{partition}",
                                                      lambda: self._run(reader, start, epoch, stop_at))
 
-    def _install(self, reader: PartitionReader, start: int, notify: bool, resuming: bool = False) -> int | None:
+    def _install(self, reader: ReaderHandle, start: int, notify: bool, resuming: bool = False) -> int | None:
         p = reader.partition
         known, before = p in self.readers, self.ledger.epoch(p)
         epoch = self.intake.install(p, reader, start, only_if_current=resuming)
@@ -144,7 +160,7 @@ class KafkaSource:
             if reader is None or m is None or self.failure is not None:
                 continue
             seen, since = self._progress.get(p, (pos, now))
-            if pos != seen or self.intake.full(p):
+            if pos != seen or self.intake.full(p) or reader.paused:
                 seen, since = pos, now
             self._progress[p] = (seen, since)
             if pos > m.high:
@@ -156,16 +172,16 @@ class KafkaSource:
                 self._replace(reader, f"it handed on nothing for {now - since:.0f} s while {m.high - pos} "
                                       f"offsets wait (trainer.source.stall_timeout_s)")
 
-    def _replace(self, reader: PartitionReader, reason: str) -> None:
+    def _replace(self, reader: ReaderHandle, reason: str) -> None:
         p = reader.partition
         self.intake.retire(p, reader)
         with self._lock:
             self.retired += 1
         self._progress.pop(p, None)
-        blocked = self._blocked.get(p)
-        if blocked is not None and blocked.is_alive():
-            msg = (f"the Kafka reader of {self.topic}[{p}] stalled ({reason}) while the reader it replaced is "
-                   f"still blocked in tensorflow-io; giving up so a supervisor restarts the trainer")
+        blocked = self._still_blocked(p)
+        if blocked:
+            msg = (f"the Kafka reader of {self.topic}[{p}] stalled ({reason}) while {blocked}; giving up so a "
+                   f"supervisor restarts the trainer")
             self._fail(InputPipelineError(msg))
             return
         if self._count_failure(p, reason):
@@ -176,12 +192,23 @@ class KafkaSource:
         except StreamTrainerError as err:
             self._fail(err)
             return
-        old = self._thread.get(p)
-        self._launch(p, start, None, notify=True)
+        self._relaunch(p, start)
+
+    def _still_blocked(self, partition: int) -> str:
+        """Why a replacement would pile up on a blocked predecessor ("" when it would not)."""
+        blocked = self._blocked.get(partition)
+        if blocked is not None and blocked.is_alive():
+            return "the reader it replaced is still blocked in tensorflow-io"
+        return ""
+
+    def _relaunch(self, partition: int, start: int) -> None:
+        """A new reader for ``partition`` from ``start`` (the old one is retired)."""
+        old = self._thread.get(partition)
+        self._launch(partition, start, None, notify=True)
         if old is not None and old.is_alive():
-            self._blocked[p] = old
+            self._blocked[partition] = old
         else:
-            self._blocked.pop(p, None)
+            self._blocked.pop(partition, None)
 
     # -- one reader's thread ----------------------------------------------------------------------
     def _run(self, reader: PartitionReader, start: int, epoch: int, stop_at: int | None) -> None:
@@ -196,7 +223,7 @@ class KafkaSource:
             except tf.errors.OpError as exc:
                 if reader.retired:  # replaced by the watchdog: its successor reads on
                     return
-                resumed = self._after_failure(reader, exc)
+                resumed = self._after_failure(reader.partition, one_line(exc.message))
                 if resumed is None:
                     return
                 start = resumed
@@ -205,36 +232,40 @@ class KafkaSource:
                     return
                 epoch = resumed_epoch
         if stop_at is not None:
-            with self._lock:
-                self._bounded_left -= 1
-                if self._bounded_left == 0:
-                    self.intake.end()
+            self._bounded_done()
 
-    def _after_failure(self, reader: PartitionReader, exc: tf.errors.OpError) -> int | None:
+    def _bounded_done(self) -> None:
+        """One partition's bounded read is complete; after the last, the intake sends the end marker."""
+        with self._lock:
+            self._bounded_left -= 1
+            if self._bounded_left == 0:
+                self.intake.end()
+
+    def _after_failure(self, partition: int, reason: str) -> int | None:
         """Count the failure; return where to resume, or None when the source must give up.
 
         Finding out where to resume can fail too (the topic is being recreated, the broker is
         away): that counts as one more failure of the same reader, retried after the backoff.
         """
-        reason = one_line(exc.message)
-        resume = self.ledger.read_position(reader.partition)
+        resume = self.ledger.read_position(partition)
         while True:
-            if self._count_failure(reader.partition, reason):
+            if self._count_failure(partition, reason):
                 return None
             log.error("Kafka reader of %s[%d] failed at offset %d (%s); restarting in %.0f s", self.topic,
-                      reader.partition, resume, reason, self.backoff_s)
+                      partition, resume, reason, self.backoff_s)
             if self.stop.wait(self.backoff_s):
                 return None
             try:
-                return self.resolve(reader.partition, resume)
+                return self.resolve(partition, resume)
             except OffsetResetError as err:  # a decision for a person: never retried
                 self._fail(err)
                 return None
             except StreamTrainerError as err:
                 reason = one_line(str(err))
 
-    def _count_failure(self, partition: int, reason: str) -> bool:
-        """Record one failure; True (and ``failure`` set) once there were too many."""
+    def _count_failure(self, partition: int | None, reason: str) -> bool:
+        """Record one failure (``partition`` None: the whole consumer); True (and ``failure`` set)
+        once there were too many."""
         now = time.monotonic()
         with self._lock:
             self.restarts += 1
@@ -242,9 +273,10 @@ class KafkaSource:
             while self._failures and now - self._failures[0] > self.cfg.restart_window_s:
                 self._failures.popleft()
             too_many = len(self._failures) > self.cfg.max_restarts
-        metrics.SOURCE_RESTARTS.labels(self.topic, str(partition)).inc()
+        metrics.SOURCE_RESTARTS.labels(self.topic, "all" if partition is None else str(partition)).inc()
         if too_many:
-            msg = (f"the Kafka reader of {self.topic}[{partition}] failed {len(self._failures)} times within "
+            what = f"consumer of {self.topic}" if partition is None else f"reader of {self.topic}[{partition}]"
+            msg = (f"the Kafka {what} failed {len(self._failures)} times within "
                    f"{self.cfg.restart_window_s:.0f} s (last: {reason}); giving up so a supervisor can restart "
                    f"the trainer (trainer.source.max_restarts)")
             self._fail(InputPipelineError(msg))

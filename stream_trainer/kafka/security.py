@@ -8,6 +8,12 @@ verification, all log and retry forever. So everything decidable from the settin
 decided here, before any client connects; ``preflight.check`` decides the rest against the
 cluster with confluent-kafka.
 
+Those refusals are tensorflow-io's: with ``trainer.source.reader: confluent-kafka`` every client
+is confluent-kafka's librdkafka 2.x, which supports GSSAPI/Kerberos, OIDC, hostname
+verification and '=' in values, so ``check(kafka, reader)`` then refuses only what no reader
+may be given (the properties stream-trainer sets itself, callbacks, an unknown protocol or SASL
+mechanism), and librdkafka itself judges the rest when the preflight creates its clients.
+
 Call order at start (``cli._cmd_run``, right after ``config.load``, before TensorFlow loads):
 ``guard_secrets(kafka)``, ``check(kafka)``, ``preflight.check(kafka, topic)``. ``check`` is every
 check that needs no broker, and ``stream-trainer check-config`` calls it too: one function, so
@@ -34,6 +40,8 @@ TFIO = "the librdkafka 1.5.0 inside tensorflow-io 0.37.1"
 # tfio's consumer joins no group and must never commit: our checkpoint owns positions.
 TFIO_FIXED = ("enable.auto.commit=false", "enable.auto.offset.store=false", "api.version.request=true")
 MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"}
+# What librdkafka 2.x (confluent-kafka) supports besides: Kerberos.
+CONFLUENT_MECHANISMS = MECHANISMS | {"GSSAPI"}
 PROTOCOLS = {"plaintext", "ssl", "sasl_plaintext", "sasl_ssl"}
 # A key whose value is a secret: sasl.password, ssl.key.password, ssl.keystore.password,
 # sasl.oauthbearer.client.secret, ...private.key.passphrase and whatever else is named so.
@@ -176,10 +184,37 @@ def check_values(kafka: KafkaConfig) -> None:
                                f"write the number alone, in the unit the name says")
 
 
-def check(kafka: KafkaConfig) -> None:
+def confluent_properties(kafka: KafkaConfig) -> dict[str, str]:
+    """``kafka.client`` for the confluent-kafka reader: every property, after refusing what no
+    client of ours may be given (see the module docstring). Raises ConfigError in one line."""
+    client = kafka.client
+    for key in client:
+        if key in props.OWNED:
+            use = props.OWNED[key]
+            instead = use.removeprefix("nothing: ") if use.startswith("nothing") else f"use '{use}' instead"
+            raise _refuse(key, f"is set by stream-trainer itself; remove it ({instead})")
+        if key in props.CALLBACKS:
+            raise _refuse(key, "is a callback, which a config file cannot provide; remove it")
+    protocol = client.get("security.protocol", "plaintext").strip().lower()
+    if protocol not in PROTOCOLS:
+        refused = _refuse("security.protocol", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+        raise refused
+    key = "sasl.mechanism" if "sasl.mechanism" in client else "sasl.mechanisms"
+    mechanism = client.get(key, "").strip().upper()
+    if mechanism and mechanism not in CONFLUENT_MECHANISMS:
+        raise _refuse(key, f"must be one of {', '.join(sorted(CONFLUENT_MECHANISMS))}")
+    return dict(client)
+
+
+def check(kafka: KafkaConfig, reader: str = "tensorflow-io") -> None:
     """Every start-time check on ``kafka.client`` that needs no broker: raise ConfigError, or log what is
-    risky but allowed. ``stream-trainer run`` and ``check-config`` both call this one function."""
-    tfio_properties(kafka)
+    risky but allowed. ``stream-trainer run`` and ``check-config`` both call this one function.
+    ``reader`` is ``trainer.source.reader`` as chosen: tensorflow-io's refusals apply only to it."""
+    tfio = reader == "tensorflow-io"
+    if tfio:
+        tfio_properties(kafka)
+    else:
+        confluent_properties(kafka)
     for key in PATH_KEYS:
         path = kafka.client.get(key)
         if path and path != "probe" and not Path(path).exists():
@@ -196,7 +231,8 @@ def check(kafka: KafkaConfig) -> None:
     if client.get("security.protocol") == "sasl_plaintext" and client.get("sasl.mechanism",
                                                                            client.get("sasl.mechanisms")) == "plain":
         log.warning("SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted; use SASL_SSL")
-    check_values(kafka)
+    if tfio:
+        check_values(kafka)
 
 
 # --- keeping secrets out of logs -------------------------------------------------------------

@@ -3,8 +3,8 @@
 Holes in a partition's offset chain (see ``progress.py``) arrive here from the loop. A
 supervised thread (``threads.Threads``) re-reads the missing offsets with confluent-kafka,
 decodes each message again alone with the pipeline's own decoder (``poison.examine``), produces
-the malformed ones unchanged to the dead-letter topic with headers saying where they came from
-and why, and only then lets the offset tracker move past them: a malformed message is never
+the malformed ones unchanged to the dead-letter topic (their own headers kept) with headers
+saying where they came from and why, and only then lets the offset tracker move past them: a malformed message is never
 lost, and never blocks training.
 
 What stops the trainer instead (an exception out of the thread; the loop then stops with one
@@ -203,7 +203,10 @@ class DeadLetterWorker:
             return callback
 
         for offset, (msg, verdict) in list(pending.items()):
+            # The record's own headers first (a producer's trace id stays with its rejected
+            # message), ours after them: a reader of dict(headers) sees ours.
             headers: list[tuple[str, str | bytes | None]] = [
+                *(msg.headers() or []),
                 ("dlq.topic", topic.encode()),
                 ("dlq.partition", str(msg.partition()).encode()),
                 ("dlq.offset", str(offset).encode()),

@@ -18,10 +18,11 @@ from faultlib import Rig, make_rig
 
 
 @pytest.fixture()
-def rig(tmp_path: Path, kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Rig]:
-    """A rig (2 partitions) on the session's broker; every program it started is stopped afterwards."""
+def rig(tmp_path: Path, kafka_bootstrap: str, reader: str, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """A rig (2 partitions, ``reader``'s trainers) on the session's broker; every program it started is
+    stopped afterwards."""
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_"))[:20].strip("-")
-    r = make_rig(tmp_path, kafka_bootstrap, partitions=2, prefix=prefix)
+    r = make_rig(tmp_path, kafka_bootstrap, partitions=2, prefix=prefix, reader=reader)
     try:
         yield r
     finally:

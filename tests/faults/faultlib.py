@@ -128,6 +128,7 @@ class Rig:
     topic: str
     group: str
     partitions: int
+    reader: str = ""  # trainer.source.reader ("" = the stack's default)
     programs: list[Program] = field(default_factory=list)
 
     @property
@@ -151,7 +152,7 @@ class Rig:
                 "source": {"kind": "synthetic", "count": 40, "min_size": 48, "max_size": 64, "eval_fraction": 0.0},
                 "rate": 10, "passes": 0, "send_eval": False, "metrics": {"port": 0}},
             "trainer": {
-                "source": {"group_id": self.group, "poll_timeout_ms": 500},
+                "source": {"group_id": self.group, "poll_timeout_ms": 500, "reader": self.reader},
                 "pipeline": {"image_size": 32, "batch_size": BATCH, "shuffle_buffer": SHUFFLE},
                 "model": {"base_filters": 4, "depth": 2, "precision": "mixed_bfloat16"},  # named, not the host's
                 "loop": {"eval_every_steps": 0, "eval_wait_s": 0, "log_every_s": 2,
@@ -214,7 +215,7 @@ class Rig:
             time.sleep(interval_s)
 
 
-def make_rig(tmp_path: Path, bootstrap: str, partitions: int, prefix: str) -> Rig:
+def make_rig(tmp_path: Path, bootstrap: str, partitions: int, prefix: str, reader: str = "") -> Rig:
     """A rig with a fresh topic (and dead-letter topic) of ``partitions`` partitions."""
     topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
     cluster = Cluster(KafkaConfig(bootstrap_servers=bootstrap, connect_timeout_s=20))
@@ -224,7 +225,7 @@ def make_rig(tmp_path: Path, bootstrap: str, partitions: int, prefix: str) -> Ri
     finally:
         cluster.close()
     return Rig(tmp=tmp_path, bootstrap=bootstrap, topic=topic, group=f"{prefix}-{uuid.uuid4().hex[:8]}",
-               partitions=partitions)
+               partitions=partitions, reader=reader)
 
 
 # --- what the trainer did --------------------------------------------------------------------------

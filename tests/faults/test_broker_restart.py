@@ -24,6 +24,7 @@ from faultlib import Rig, free_port, log_ends, make_rig, metric, missing_offsets
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 from stream_trainer.workbench.broker import LocalBroker
+from tests.readers import READERS_SLOW_OTHER
 
 # The 5.0 s bucket of stream_trainer_input_wait_seconds: waits longer than it are outages, not jitter.
 LONG_WAIT_BUCKET = "5.0"
@@ -40,10 +41,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 
 
 @pytest.fixture()
-def restart_rig(tmp_path: Path, broker: LocalBroker) -> Iterator[Rig]:
+def restart_rig(tmp_path: Path, broker: LocalBroker, reader: str) -> Iterator[Rig]:
     if not broker.running:  # a failed test may have left it down
         broker.start()
-    r = make_rig(tmp_path, broker.bootstrap, partitions=2, prefix="restart")
+    r = make_rig(tmp_path, broker.bootstrap, partitions=2, prefix="restart", reader=reader)
     try:
         yield r
     finally:
@@ -110,12 +111,14 @@ def _outage(rig: Rig, broker: LocalBroker, kill: bool, down_s: float) -> dict[st
 
 @pytest.mark.faults
 @pytest.mark.slow
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_graceful_broker_restart_is_ridden_out_and_nothing_is_lost(restart_rig: Rig, broker: LocalBroker) -> None:
     _outage(restart_rig, broker, kill=False, down_s=20)
 
 
 @pytest.mark.faults
 @pytest.mark.slow
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_killed_broker_restart_is_ridden_out_and_nothing_is_lost(restart_rig: Rig, broker: LocalBroker) -> None:
     _outage(restart_rig, broker, kill=True, down_s=20)
 
@@ -128,6 +131,7 @@ def test_broker_down_longer_than_the_socket_timeout_is_ridden_out(restart_rig: R
 
 @pytest.mark.faults
 @pytest.mark.slow
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_a_recreated_topic_fails_the_readers_which_restart_and_train_the_new_topic_from_its_start(
         restart_rig: Rig) -> None:
     """The topic is deleted under a running trainer and recreated empty. tfio only logs 'unknown

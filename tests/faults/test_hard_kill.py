@@ -41,6 +41,8 @@ from faultlib import (
     read_trained,
 )
 
+from tests.readers import READERS_SLOW_OTHER
+
 DUPLICATE_BOUND = CHECKPOINT_EVERY * BATCH
 # A kill lands this long after the run has re-trained what the previous kill lost: mid-step,
 # mid-checkpoint, idle.
@@ -150,6 +152,7 @@ def _kill_and_restart(rig: Rig, rng: Random, kills: int) -> None:
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_hard_kills_skip_no_offset_and_duplicate_only_the_lost_work(rig: Rig, rng: Random) -> None:
     _kill_and_restart(rig, rng, kills=2)
 

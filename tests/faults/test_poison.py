@@ -31,6 +31,7 @@ from PIL import Image
 from producer.sources.synthetic import make_record
 from stream_trainer import wire
 from stream_trainer.workbench.soak.messages import example
+from tests.readers import READERS_SLOW_OTHER
 from tests.test_decoder import jpeg_bomb, png_bomb
 
 # The topic's own limit, set explicitly so the test means the same on any broker.
@@ -126,6 +127,7 @@ def _limit_message_size(bootstrap: str, topic: str) -> None:
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_poison_messages_are_dead_lettered_with_reasons_and_training_goes_on(rig: Rig) -> None:
     _limit_message_size(rig.bootstrap, rig.topic)
     special = poison_and_edge_cases()

@@ -34,6 +34,7 @@ from faultlib import (
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 from tests.pets import produce_pets
+from tests.readers import READERS_SLOW_OTHER
 from tests.test_trainer import poison_messages
 
 
@@ -42,6 +43,7 @@ def _cluster(rig: Rig) -> Cluster:
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_partitions_added_while_running_are_trained_without_a_restart(rig: Rig) -> None:
     port = free_port()
     log = rig.tmp / "trained.log"
@@ -73,6 +75,7 @@ def test_partitions_added_while_running_are_trained_without_a_restart(rig: Rig) 
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("reader", READERS_SLOW_OTHER)
 def test_retention_deleting_unread_messages_is_counted_and_training_continues_after_them(rig: Rig) -> None:
     port = free_port()
     log = rig.tmp / "trained.log"

@@ -4,7 +4,9 @@ Every contender returns a ``Timeline`` (items and process CPU time at each hand-
 on its own after ``count`` messages: tfio's ``KafkaDataset`` never does (``eof=False``), so the
 Kafka readers get per-partition stop offsets. The two floors are the plainest tf.data programs
 that decode the same messages: from memory, and from Kafka the way tensorflow-io's tutorial
-reads it; our pipeline is measured against them at every partition count.
+reads it; our pipeline is measured against them at every partition count. Both readers of
+``trainer.source.reader`` are contenders: tensorflow-io's (``tfio_source``, ``pipeline_live``)
+and confluent-kafka's one consumer (``consumer_source``, ``pipeline_live_confluent``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from stream_trainer.config import Settings
 from stream_trainer.ingest import pipeline
 from stream_trainer.ingest.feeder import Feeder
 from stream_trainer.ingest.fresh import FreshRows
-from stream_trainer.ingest.inbox import Inbox
-from stream_trainer.ingest.supervisor import KafkaSource, staging_share
+from stream_trainer.ingest.inbox import END_PARTITION, Inbox
+from stream_trainer.ingest.source import KafkaSource, source_class, staging_share
 from stream_trainer.kafka import client_config
 from stream_trainer.learn.batcher import Batch, Batcher, Replay
+from stream_trainer.tfenv import CONFLUENT_KAFKA, TENSORFLOW_IO
 from stream_trainer.threads import Threads
 from stream_trainer.workbench.bench.config import BenchConfig
 from stream_trainer.workbench.bench.sources import MemorySource, tfio_interleaved
@@ -88,6 +91,38 @@ def tfio_source(ctx: Context, w: Workload, count: int) -> Timeline:
     # Batched like the raw consumer's hand-overs, so that Python's per-element iterator cost
     # (~50 us) does not cap the rate.
     return _time_batches(ds.map(tf.strings.length).batch(ctx.bench.consume_batch))
+
+
+def consumer_source(ctx: Context, w: Workload, count: int) -> Timeline:
+    """The confluent-kafka reader (``ConsumerSource``: one consumer -> intake -> inbox), no decoding.
+
+    The inbox is drained as the decode pipeline would (everything arrived, up to a group); while
+    it is empty this thread sleeps 0.5 ms, which the CPU per message includes."""
+    s = ctx.settings
+    inbox = Inbox(s.trainer.source.queue_capacity)
+    stop = threading.Event()
+    kafka_source(ctx, w, inbox, stop, "consumer", CONFLUENT_KAFKA).start(w.starts(), w.stops(count))
+    tl = Timeline()
+    last = time.monotonic()
+    try:
+        with tf.device("/CPU:0"):
+            while True:
+                if inbox.size() == 0:
+                    if time.monotonic() - last > STALL_S:
+                        msg = (f"the confluent-kafka reader handed on {tl.total} of {count}, then nothing for "
+                               f"{STALL_S:.0f} s")
+                        raise BenchError(msg)
+                    time.sleep(0.0005)
+                    continue
+                values, partitions, _ = inbox.take_arrived(ctx.bench.consume_batch)
+                last = time.monotonic()
+                real = partitions != END_PARTITION
+                tl.add(int(tf.reduce_sum(tf.cast(real, tf.int32))),
+                       int(tf.reduce_sum(tf.strings.length(tf.boolean_mask(values, real)))))
+                if not bool(tf.reduce_all(real)):
+                    return tl
+    finally:
+        stop.set()
 
 
 # -- the floors: a plain parallel map of decode_example ----------------------------------------
@@ -160,13 +195,14 @@ def trainer_batches(ctx: Context, inbox: Inbox, starts: dict[int, int], launch: 
         stop.set()
 
 
-def kafka_source(ctx: Context, w: Workload, inbox: Inbox, stop: threading.Event, name: str) -> KafkaSource:
-    """The trainer's ``KafkaSource`` on ``w.topic``; a failed reader resumes where it stopped."""
+def kafka_source(ctx: Context, w: Workload, inbox: Inbox, stop: threading.Event, name: str,
+                 reader: str = TENSORFLOW_IO) -> KafkaSource:
+    """The trainer's source for ``reader`` on ``w.topic``; a failed reader resumes where it stopped."""
     s = ctx.settings
     group = s.trainer.pipeline.decode_group
     share = staging_share(s.trainer.source, group, len(w.starts()))
-    return KafkaSource(s.kafka, w.topic, inbox, s.trainer.source, group_id(name), lambda _p, offset: offset, stop,
-                       Threads(), share=share, group=group)
+    return source_class(reader)(s.kafka, w.topic, inbox, s.trainer.source, group_id(name),
+                                lambda _p, offset: offset, stop, Threads(), share=share, group=group)
 
 
 def pipeline_memory(ctx: Context, w: Workload, count: int) -> Timeline:
@@ -176,12 +212,17 @@ def pipeline_memory(ctx: Context, w: Workload, count: int) -> Timeline:
     return trainer_batches(ctx, inbox, w.starts(), memory.start)
 
 
-def pipeline_live(ctx: Context, w: Workload, count: int) -> Timeline:
-    """Our whole input path: ``KafkaSource`` reader threads with stop offsets -> the same decode path."""
+def pipeline_live(ctx: Context, w: Workload, count: int, reader: str = TENSORFLOW_IO) -> Timeline:
+    """Our whole input path: ``reader``'s source with stop offsets -> the same decode path."""
     inbox = Inbox(ctx.settings.trainer.source.queue_capacity)
     stop = threading.Event()
-    src = kafka_source(ctx, w, inbox, stop, "pipeline")
+    src = kafka_source(ctx, w, inbox, stop, "pipeline", reader)
     return trainer_batches(ctx, inbox, w.starts(), lambda: src.start(w.starts(), w.stops(count)), stop=stop)
+
+
+def pipeline_live_confluent(ctx: Context, w: Workload, count: int) -> Timeline:
+    """``pipeline_live`` with the confluent-kafka reader."""
+    return pipeline_live(ctx, w, count, CONFLUENT_KAFKA)
 
 
 @dataclass(frozen=True)
@@ -197,6 +238,8 @@ CONTENDERS = [
     Contender("raw_consume", "raw consume (confluent-kafka consume(), bytes only)", "messages/s", raw_consume, False),
     Contender("tfio_source", "tfio source (KafkaDataset per partition, interleaved, no decoding)", "messages/s",
               tfio_source, False),
+    Contender("consumer_source", "confluent-kafka reader (one consumer -> intake -> inbox, no decoding)",
+              "messages/s", consumer_source, False),
     Contender("floor_memory", "plain map floor, from memory (from_tensor_slices.map(decode_example, AUTOTUNE))",
               "images/s", floor_memory, True),
     Contender("floor_live", "plain map floor, live (tfio per partition, interleaved, same map)", "images/s",
@@ -205,4 +248,6 @@ CONTENDERS = [
               "images/s", pipeline_memory, True),
     Contender("pipeline_live", "our pipeline, live (KafkaSource readers -> same path)", "images/s",
               pipeline_live, True),
+    Contender("pipeline_live_confluent", "our pipeline, live, confluent-kafka reader (one consumer -> same path)",
+              "images/s", pipeline_live_confluent, True),
 ]

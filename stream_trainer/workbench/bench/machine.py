@@ -23,6 +23,13 @@ def _proc_field(path: str, name: str) -> str:
     return ""
 
 
+def _version(package: str) -> str:
+    """An installed package's version, without importing it (tensorflow_io would load its kernels)."""
+    from importlib import metadata
+
+    return metadata.version(package.replace("_", "-"))
+
+
 def describe() -> dict[str, Any]:
     """Cores this process may use (``nproc``), memory, CPU model and the software versions."""
     import confluent_kafka
@@ -30,8 +37,8 @@ def describe() -> dict[str, Any]:
     import numpy
     import PIL
     import tensorflow as tf
-    import tensorflow_io
 
+    from stream_trainer import tfenv
     from stream_trainer.learn.precision import visible_gpus
 
     mem_kb = _proc_field("/proc/meminfo", "MemTotal").split()
@@ -50,8 +57,8 @@ def describe() -> dict[str, Any]:
         "versions": {
             "python": sys.version.split()[0],
             "tensorflow": tf.__version__,
-            "tensorflow_io": tensorflow_io.__version__,
-            "tensorflow_io_librdkafka": "1.5.0 (bundled)",
+            "tensorflow_io": _version("tensorflow_io") if tfenv.tensorflow_io_installed() else "not installed",
+            "tensorflow_io_librdkafka": "1.5.0 (bundled)" if tfenv.tensorflow_io_installed() else "-",
             "keras": keras.__version__,
             "confluent_kafka": confluent_kafka.__version__,
             "librdkafka": confluent_kafka.libversion()[0],

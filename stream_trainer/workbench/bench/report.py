@@ -18,10 +18,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt
 
-DECODERS = ["floor_memory", "pipeline_memory", "floor_live", "pipeline_live"]
-READERS = ["raw_consume", "tfio_source"]
+DECODERS = ["floor_memory", "pipeline_memory", "floor_live", "pipeline_live", "pipeline_live_confluent"]
+READERS = ["raw_consume", "tfio_source", "consumer_source"]
 COLOURS = {"floor_memory": "#9ecae1", "pipeline_memory": "#1f77b4", "floor_live": "#fdae6b",
-           "pipeline_live": "#e6550d", "raw_consume": "#8c8c8c", "tfio_source": "#bdbdbd"}
+           "pipeline_live": "#e6550d", "pipeline_live_confluent": "#31a354", "raw_consume": "#8c8c8c",
+           "tfio_source": "#bdbdbd", "consumer_source": "#74c476"}
 
 
 def cut(x: float, decimals: int) -> str:
@@ -88,7 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{cut(b['cpu_ms_per_item']['median'], 3)}")
         lines.append(f"| {r['title']} | {r['unit']} | " + " | ".join(cells) + " |")
     lines += ["", "| training | steps/s | images/s | mean input wait ms/step |", "|---|---:|---:|---:|"]
-    for key in ("training_live", "training_memory"):
+    for key in ("training_live", "training_live_confluent", "training_memory"):
         r = c[key]
         lines.append(f"| {r['title']} ({r['partitions']} partitions) | {cut(r['median'], 3)} "
                      f"({cut(r['min'], 3)} - {cut(r['max'], 3)}) | {fmt(r['images_per_s']['median'])} | "
@@ -176,9 +177,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
         hist.axvline(f[q], color="black", ls=style, lw=1, label=f"{q[:3]} {cut(f[q], 3)} s")
     hist.set_xlabel("produce -> trained latency (s)")
     hist.set_ylabel("messages")
-    live, mem = c["training_live"], c["training_memory"]
+    live, confluent, mem = c["training_live"], c["training_live_confluent"], c["training_memory"]
     hist.set_title(f"Freshness at {cut(f['rate_messages_per_s'], 1)} msg/s ({f['load']:.0%} load), default "
-                   f"batching + replay\ntraining live {fmt(live['images_per_s']['median'])} vs memory "
+                   f"batching + replay\ntraining live {fmt(live['images_per_s']['median'])} (tensorflow-io), "
+                   f"{fmt(confluent['images_per_s']['median'])} (confluent-kafka) vs memory "
                    f"{fmt(mem['images_per_s']['median'])} images/s", fontsize=10)
     hist.legend(fontsize=8)
     fig.suptitle(f"stream-trainer bench (throughput): {results['workload']['messages']} messages, "

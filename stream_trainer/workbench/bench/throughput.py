@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from stream_trainer.config import Settings
+from stream_trainer.tfenv import CONFLUENT_KAFKA, TENSORFLOW_IO
 from stream_trainer.workbench.bench import config as bench_config
 from stream_trainer.workbench.bench import machine
 from stream_trainer.workbench.bench.config import BenchConfig
@@ -26,6 +27,7 @@ from stream_trainer.workbench.bench.timing import summary
 log = logging.getLogger(__name__)
 
 TARGET_RATIO = 0.95
+READERS = (TENSORFLOW_IO, CONFLUENT_KAFKA)  # trained live with each
 
 
 def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
@@ -71,13 +73,17 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
         trainer = training.Trainer(settings)
         batches = training.cached_batches(ctx, w)
         training.memory(trainer, batches, 1, 1)  # traces the step outside every timed window
-        live_runs, memory_runs = [], []
+        live_runs: dict[str, list[Any]] = {r: [] for r in READERS}
+        memory_runs = []
         for round_ in range(bench.repeats):
-            live, mem = training.live_and_memory(ctx, trainer, w, batches, memory_first=round_ % 2 == 1)
-            live_runs.append(live)
+            lives, mem = training.live_and_memory(ctx, trainer, w, batches, memory_first=round_ % 2 == 1,
+                                                  readers=READERS)
             memory_runs.append(mem)
-            log.info("round %d/%d training: live %.3f steps/s (wait %.1f ms), memory %.3f steps/s", round_ + 1,
-                     bench.repeats, live.steps_per_s, 1000 * live.mean_input_wait_s, mem.steps_per_s)
+            for reader, live in lives.items():
+                live_runs[reader].append(live)
+                log.info("round %d/%d training: live (%s) %.3f steps/s (wait %.1f ms), memory %.3f steps/s",
+                         round_ + 1, bench.repeats, reader, live.steps_per_s, 1000 * live.mean_input_wait_s,
+                         mem.steps_per_s)
         capacity = statistics.median(r.images_per_s for r in memory_runs)
         fresh = freshness.measure(ctx, trainer, cluster, records, capacity)
         log.info("freshness at %.1f msg/s: p50 %.3f s, p95 %.3f s, p99 %.3f s", fresh["rate_messages_per_s"],
@@ -100,8 +106,12 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
                      "cpu_ms_per_item": summary([1000 * r.cpu_s_per_item for r in rs]),
                      **({"mb_per_s": summary([r.bytes_per_s / 1e6 for r in rs])} if c.unit == "messages/s" else {})}
             for n, rs in runs[c.key].items()}}
-    for key, title, trs in (("training_live", "training fed live (KafkaSource -> our pipeline -> step)", live_runs),
-                            ("training_memory", "training fed from memory (cached batches -> step)", memory_runs)):
+    for key, title, trs in (
+            ("training_live", "training fed live (tensorflow-io reader -> our pipeline -> step)",
+             live_runs[TENSORFLOW_IO]),
+            ("training_live_confluent", "training fed live (confluent-kafka reader -> our pipeline -> step)",
+             live_runs[CONFLUENT_KAFKA]),
+            ("training_memory", "training fed from memory (cached batches -> step)", memory_runs)):
         contenders[key] = {
             "title": title, "unit": "steps/s", "partitions": bench.partitions, **summary([r.steps_per_s for r in trs]),
             "images_per_s": summary([r.images_per_s for r in trs]),
@@ -111,7 +121,8 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
     contenders["freshness"] = {"title": "freshness (produce -> trained latency, default batching and replay)",
                                "unit": "s", **fresh}
     ratios = round_ratios(runs, bench.partition_counts, bench.partitions,
-                          [r.steps_per_s for r in live_runs], [r.steps_per_s for r in memory_runs])
+                          [r.steps_per_s for r in live_runs[TENSORFLOW_IO]], [r.steps_per_s for r in memory_runs],
+                          [r.steps_per_s for r in live_runs[CONFLUENT_KAFKA]])
     return {
         **session.header("throughput", command),
         "repeats": bench.repeats,
@@ -142,7 +153,8 @@ def per_round(numerators: list[float], denominators: list[float]) -> dict[str, A
 
 
 def round_ratios(runs: dict[str, dict[int, list[Any]]], counts: list[int], reference: int,
-                 live_steps: list[float], memory_steps: list[float]) -> dict[str, Any]:
+                 live_steps: list[float], memory_steps: list[float],
+                 confluent_live_steps: list[float] | None = None) -> dict[str, Any]:
     """Every ratio a target is judged on, from the per-round rates (``Rate`` objects)."""
 
     def rates(key: str, n: int) -> list[float]:
@@ -167,6 +179,11 @@ def round_ratios(runs: dict[str, dict[int, list[Any]]], counts: list[int], refer
             out[f"{pipe} {first}p/{reference}p per CPU s"] = per_round(per_cpu_s(pipe, first),
                                                                        per_cpu_s(pipe, reference))
     out["training live/memory"] = per_round(live_steps, memory_steps)
+    if confluent_live_steps:
+        out["training live (confluent-kafka)/memory"] = per_round(confluent_live_steps, memory_steps)
+    if "consumer_source" in runs and "tfio_source" in runs:
+        out["confluent-kafka reader / tfio source"] = {
+            str(n): per_round(rates("consumer_source", n), rates("tfio_source", n)) for n in counts}
     return out
 
 
@@ -192,6 +209,12 @@ def targets(ratios: dict[str, Any], contenders: dict[str, Any], precision: dict[
                          ratios[key]["median"], ">=", TARGET_RATIO, ratios.get(f"{key} per CPU s", {}).get("median")))
     rows.append(("training fed live / fed from memory (steps/s)", ratios["training live/memory"]["median"], ">=",
                  TARGET_RATIO, None))
+    if "training live (confluent-kafka)/memory" in ratios:
+        rows.append(("training fed live by the confluent-kafka reader / fed from memory (steps/s)",
+                     ratios["training live (confluent-kafka)/memory"]["median"], ">=", TARGET_RATIO, None))
+    for n, r in ratios.get("confluent-kafka reader / tfio source", {}).items():
+        rows.append((f"confluent-kafka reader / tfio source (messages/s), {n} partition{'s' if n != '1' else ''}",
+                     r["median"], "report", 0.0, None))
     rows.append(("freshness p99 (s) at 50% load, default config", contenders["freshness"]["p99_s"], "<", 2.0, None))
     speed, accuracy = precision.get("speed", {}), precision.get("accuracy", {})
     if "mixed_bfloat16" in speed and "float32" in speed:

@@ -24,6 +24,7 @@ from stream_trainer.learn.batcher import Batch
 from stream_trainer.learn.model import build_optimizer, build_unet
 from stream_trainer.learn.step import make_replica_step
 from stream_trainer.learn.workers import Workers
+from stream_trainer.tfenv import TENSORFLOW_IO
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.sources import MemorySource
 from stream_trainer.workbench.bench.timing import BenchError
@@ -89,14 +90,14 @@ class _Steps:
                         max(self.waits))
 
 
-def live(ctx: Context, trainer: Trainer, w: Workload) -> TrainRun:
-    """KafkaSource -> inbox -> decoded_groups -> Feeder -> Batcher -> step, on ``w.topic``."""
+def live(ctx: Context, trainer: Trainer, w: Workload, reader: str = TENSORFLOW_IO) -> TrainRun:
+    """``reader``'s source -> inbox -> decoded_groups -> Feeder -> Batcher -> step, on ``w.topic``."""
     b = ctx.bench
     count = min(len(w.values), (b.train_warmup_steps + b.train_steps + 1) * ctx.settings.trainer.pipeline.batch_size)
     steps = _Steps(trainer, b.train_warmup_steps, b.train_steps)
     inbox = Inbox(ctx.settings.trainer.source.queue_capacity)
     stop = threading.Event()
-    src = kafka_source(ctx, w, inbox, stop, "train")
+    src = kafka_source(ctx, w, inbox, stop, "train", reader)
     trainer_batches(ctx, inbox, w.starts(), lambda: src.start(w.starts(), w.stops(count)), steps, stop)
     return steps.result()
 
@@ -123,13 +124,13 @@ def cached_batches(ctx: Context, w: Workload) -> list[Batch]:
     return batches
 
 
-def live_and_memory(ctx: Context, trainer: Trainer, w: Workload, batches: list[Batch],
-                    memory_first: bool) -> tuple[TrainRun, TrainRun]:
-    """One live run and one memory run; rounds alternate which goes first, so a drift in the
-    machine's background load does not always land on the same side of the ratio."""
+def live_and_memory(ctx: Context, trainer: Trainer, w: Workload, batches: list[Batch], memory_first: bool,
+                    readers: tuple[str, ...] = (TENSORFLOW_IO,)) -> tuple[dict[str, TrainRun], TrainRun]:
+    """One live run per reader and one memory run; rounds alternate which goes first, so a drift
+    in the machine's background load does not always land on the same side of the ratio."""
     b = ctx.bench
     if memory_first:
         mem = memory(trainer, batches, b.train_warmup_steps, b.train_steps)
-        return live(ctx, trainer, w), mem
-    run = live(ctx, trainer, w)
-    return run, memory(trainer, batches, b.train_warmup_steps, b.train_steps)
+        return {r: live(ctx, trainer, w, r) for r in readers}, mem
+    runs = {r: live(ctx, trainer, w, r) for r in readers}
+    return runs, memory(trainer, batches, b.train_warmup_steps, b.train_steps)
