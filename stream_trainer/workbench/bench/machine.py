@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import os
 import platform
 import resource
@@ -23,6 +24,13 @@ def _proc_field(path: str, name: str) -> str:
     return ""
 
 
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def describe() -> dict[str, Any]:
     """Cores this process may use (``nproc``), memory, CPU model and the software versions."""
     import confluent_kafka
@@ -30,7 +38,6 @@ def describe() -> dict[str, Any]:
     import numpy
     import PIL
     import tensorflow as tf
-    import tensorflow_io
 
     from stream_trainer.learn.precision import visible_gpus
 
@@ -38,6 +45,7 @@ def describe() -> dict[str, Any]:
     nproc = len(os.sched_getaffinity(0))
     cpu = _proc_field("/proc/cpuinfo", "model name")
     gpus = [g.name for g in visible_gpus()]
+    tfio = _installed("tensorflow-io")  # None on the Python 3.13 stack, which has no tensorflow-io
     return {
         # What trains: the GPU(s) TensorFlow sees, else the CPU cores this process may use.
         "device": f"GPU: {', '.join(gpus)}" if gpus else f"CPU: {cpu or 'unknown'}, {nproc} cores",
@@ -50,8 +58,7 @@ def describe() -> dict[str, Any]:
         "versions": {
             "python": sys.version.split()[0],
             "tensorflow": tf.__version__,
-            "tensorflow_io": tensorflow_io.__version__,
-            "tensorflow_io_librdkafka": "1.5.0 (bundled)",
+            **({"tensorflow_io": tfio, "tensorflow_io_librdkafka": "1.5.0 (bundled)"} if tfio else {}),
             "keras": keras.__version__,
             "confluent_kafka": confluent_kafka.__version__,
             "librdkafka": confluent_kafka.libversion()[0],

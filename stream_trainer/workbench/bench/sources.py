@@ -13,7 +13,6 @@ import threading
 from collections.abc import Mapping
 
 import tensorflow as tf
-import tensorflow_io.kafka as tfio_kafka  # `import tensorflow_io` alone has no `.kafka`
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.ingest import source
@@ -64,6 +63,8 @@ def tfio_interleaved(kafka: KafkaConfig, topic: str, stops: Mapping[int, int], g
     Bounded per partition with ``take``, the only bound tfio's reader honours without hanging:
     with ``eof=False`` it blocks in C++ on a drained partition and ignores cancellation.
     """
+    import tensorflow_io.kafka as tfio_kafka  # here: the Python 3.13 stack has no tensorflow-io
+
     servers, cfg = kafka.bootstrap_servers, source.tfio_config(kafka)
     counts = tf.constant([stops[p] for p in range(len(stops))], tf.int64)
 
