@@ -6,8 +6,15 @@ Importing TensorFlow 2.16 on a host without a GPU prints lines like::
       factory: Attempting to register factory for plugin cuDNN when one has already been registered
     W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could not find TensorRT
 
-which people read as the failure when the real error follows them. What does and does not help
-(measured with TensorFlow 2.16.2):
+which people read as the failure when the real error follows them. TensorFlow 2.21 (the Python
+3.13 stack, docs/stacks.md) logs through absl instead, in another format, and says less::
+
+    WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+    I0000 00:00:1796537460.436362   26161 cudart_stub.cc:31] Could not find cuda drivers on your machine, ...
+    E0000 00:00:1796537478.404674   26161 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: ...
+
+What does and does not help (measured with TensorFlow 2.16.2; the same holds for 2.21 except
+that its lines before absl's initialisation ignore ``TF_CPP_MIN_LOG_LEVEL``, INFO included):
 
 * ``CUDA_VISIBLE_DEVICES=""`` changes nothing: the factories register in the shared library's
   static initialisers, before any device is looked at. Not set here.
@@ -22,7 +29,9 @@ TensorFlow's own import runs (an import hook, so the hook costs nothing until so
 TensorFlow, and a config typo still fails in a fraction of a second). The filter drops exactly
 the known lines above (file, and message word for word) and forwards every other byte, in
 order; when the import ends, fd 2 is put back and the filter drains before anything else is
-printed. Lines after the import are never filtered. On a host with a GPU nothing is filtered:
+printed. Lines after the import are never filtered; TensorFlow 2.21's failed ``cuInit``, which
+comes when devices are first listed, is brought into the window by listing them there (what
+``precision`` and the first op would do anyway). On a host with a GPU nothing is filtered:
 there the same lines can matter.
 
 ``TF_CPP_MIN_LOG_LEVEL`` defaults to 1 for the trainer: tensorflow-io logs every Kafka client
@@ -38,13 +47,15 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-# "2024-05-01 12:00:00.123456: E path/to/file.cc:123] message" (TensorFlow's C++ log format).
-_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] (?P<file>\S+?):\d+\] (?P<msg>.*)$")
+# "2024-05-01 12:00:00.123456: E path/to/file.cc:123] message" (TensorFlow 2.16's C++ log format), and
+# "E0000 00:00:1796537478.404674   26161 file.cc:52] message" (absl's, TensorFlow 2.21: file name only).
+_PREFIX = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ )"
+                     r"(?P<file>\S+?):\d+\] (?P<msg>.*)$")
 
 # (source file, exact message) of every line dropped; nothing else is.
 KNOWN_NOISE: tuple[tuple[str, str], ...] = tuple(
@@ -62,7 +73,18 @@ KNOWN_NOISE: tuple[tuple[str, str], ...] = tuple(
         ("tensorflow/core/platform/cpu_feature_guard.cc",
          "This TensorFlow binary is optimized to use available CPU instructions in performance-critical "
          "operations."),
+        # TensorFlow 2.21 (absl names the file alone).
+        ("port.cc", "oneDNN custom operations are on. You may see slightly different numerical results due to "
+         "floating-point round-off errors from different computation orders. To turn them off, set the "
+         "environment variable `TF_ENABLE_ONEDNN_OPTS=0`."),
+        ("cudart_stub.cc", "Could not find cuda drivers on your machine, GPU will not be used."),
+        ("cpu_feature_guard.cc", "This TensorFlow binary is optimized to use available CPU instructions in "
+         "performance-critical operations."),
     ])
+# Known by their start: the reason after it names the host's CUDA stub, and without a GPU any reason is expected.
+KNOWN_NOISE_STARTS: tuple[tuple[str, str], ...] = (("cuda_platform.cc", "failed call to cuInit: "),)
+# absl's one line before its own initialisation, without a prefix (TensorFlow 2.21).
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # cpu_feature_guard's message goes on in a second line without a prefix.
 _GUARD_CONTINUATION = re.compile(r"^To enable the following instructions: [A-Z0-9_ ]+, in other operations, "
                                  r"rebuild TensorFlow with the appropriate compiler flags\.$")
@@ -81,7 +103,7 @@ def configure(environ: MutableMapping[str, str] | None = None, dev: Path = Path(
     if "tensorflow" in sys.modules or has_gpu_device(dev):
         return False
     if not any(isinstance(f, QuietImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, QuietImport("tensorflow"))
+        sys.meta_path.insert(0, QuietImport("tensorflow", then=_list_devices))
     return True
 
 
@@ -93,17 +115,20 @@ def has_gpu_device(dev: Path = Path("/dev")) -> bool:
 class NoiseFilter:
     """Decides line by line what reaches stderr: everything but ``KNOWN_NOISE``."""
 
-    def __init__(self, known: Sequence[tuple[str, str]] = KNOWN_NOISE) -> None:
+    def __init__(self, known: Sequence[tuple[str, str]] = KNOWN_NOISE,
+                 known_starts: Sequence[tuple[str, str]] = KNOWN_NOISE_STARTS) -> None:
         self._known = set(known)
+        self._starts = tuple(known_starts)
         self._after_guard = False
 
     def keep(self, line: str) -> bool:
         """False for a known noise line (and cpu_feature_guard's continuation right after it)."""
         after_guard, self._after_guard = self._after_guard, False
-        if after_guard and _GUARD_CONTINUATION.match(line):
+        if (after_guard and _GUARD_CONTINUATION.match(line)) or line == _ABSL_PREAMBLE:
             return False
         m = _PREFIX.match(line)
-        if m is None or (m["file"], m["msg"]) not in self._known:
+        if m is None or ((m["file"], m["msg"]) not in self._known
+                         and not any(m["file"] == f and m["msg"].startswith(start) for f, start in self._starts)):
             return True
         self._after_guard = m["file"].endswith("cpu_feature_guard.cc")
         return False
@@ -154,8 +179,9 @@ def _write_all(fd: int, data: bytes) -> None:
 class QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """One-shot import hook: runs the import of one top-level module inside ``filtered_stderr``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, then: Callable[[ModuleType], object] | None = None) -> None:
         self.name = name
+        self.then = then  # run on the imported module, still inside the window
         self._loader: importlib.abc.Loader | None = None
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
@@ -180,6 +206,12 @@ class QuietImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__loader__ = module.__spec__.loader = self._loader
         with filtered_stderr():
             self._loader.exec_module(module)
+            if self.then is not None:
+                self.then(module)
+
+
+def _list_devices(tf: ModuleType) -> None:
+    tf.config.list_physical_devices()
 
 
 # --- which Kafka reader this stack can run --------------------------------------------------------

@@ -1,7 +1,7 @@
 """The two readers behind ``trainer.source.reader``, as test parameters.
 
-``READERS``: both, for the reader contract tests of ``make test`` (tensorflow-io skipped where it
-is not installed). ``READERS_SLOW_OTHER``: both, the stack's default reader in ``make test`` and
+``READERS``: both, for the reader contract tests of ``make test`` (tensorflow-io skipped on the
+stack without it, tests/stacks.py). ``READERS_SLOW_OTHER``: both, the stack's default reader in ``make test`` and
 the other one only in ``make test-faults`` (marked ``slow``), for scenarios that take minutes.
 """
 
@@ -10,13 +10,11 @@ from __future__ import annotations
 import pytest
 
 from stream_trainer import tfenv
-
-_NO_TFIO = pytest.mark.skipif(not tfenv.tensorflow_io_installed(),
-                              reason="tensorflow-io is not installed on this stack")
+from tests.stacks import needs_tfio
 
 
 def _marks(reader: str, slow_unless_default: bool) -> list[pytest.MarkDecorator]:
-    marks = [_NO_TFIO] if reader == tfenv.TENSORFLOW_IO else []
+    marks = [needs_tfio] if reader == tfenv.TENSORFLOW_IO else []
     if slow_unless_default and reader != tfenv.default_reader():
         marks.append(pytest.mark.slow)
     return marks

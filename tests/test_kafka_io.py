@@ -20,6 +20,7 @@ from stream_trainer.ingest.source import source_class
 from stream_trainer.kafka import Cluster
 from stream_trainer.threads import Threads
 from tests.readers import READERS
+from tests.stacks import needs_tfio
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[int, bytes, bytes]]) -> None:
@@ -102,6 +103,7 @@ def test_reader_reads_from_the_given_offset_with_partition_and_offset(
     assert rows == [(f"v{i}".encode(), 1, i) for i in range(4, 10)]
 
 
+@needs_tfio
 def test_tfio_yields_partition_colon_offset_strings(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     import tensorflow_io.kafka as tfio_kafka
 
@@ -173,6 +175,7 @@ def test_worker_shares_split_partitions_without_overlap() -> None:
     assert source.assigned_partitions(parts, SourceConfig(partitions=[5, 1, 9])) == [1, 5]
 
 
+@needs_tfio
 def test_tf_is_importable_with_tfio_kafka() -> None:
     # A wrong tfio/TF pairing fails at import time with an undefined-symbol error.
     import tensorflow_io.kafka  # noqa: F401

@@ -19,6 +19,7 @@ import pytest
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import ConfigError
 from stream_trainer.kafka import client_config, properties, security, tfio_librdkafka, values_1_5
+from tests.stacks import needs_tfio
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Sup3r-s3cret-pw"
@@ -289,6 +290,7 @@ TFIO_READ = """
 """
 
 
+@needs_tfio
 def test_tfio_does_not_print_the_password_once_secrets_are_guarded(
         kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path) -> None:
     """The same read with and without the guard: the unguarded one shows that the leak is real."""
@@ -348,6 +350,7 @@ def test_values_tfios_librdkafka_takes_pass() -> None:
                                       "socket.keepalive.enable": "true", "client.id": "trainer-0"}))
 
 
+@needs_tfio
 def test_the_library_is_really_asked() -> None:
     """The check above must come from tensorflow-io's librdkafka, not from the fallback table."""
     asked = tfio_librdkafka.refusals({"debug": "conf", "client.id": "x"})
@@ -367,6 +370,7 @@ def test_without_the_library_the_1_5_value_rules_refuse_the_same_values(
     security.check_values(sasl_ssl(**{"debug": "security,broker", "isolation.level": "read_committed"}))
 
 
+@needs_tfio
 def test_the_1_5_value_rules_agree_with_the_library_on_every_rule() -> None:
     """The fallback table is generated from the library; this keeps it from drifting from it."""
     keys = [*values_1_5.INTEGER, *values_1_5.BOOLEAN, *values_1_5.ENUM, *values_1_5.FLAGS, *values_1_5.REFUSED]

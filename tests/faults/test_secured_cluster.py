@@ -33,6 +33,7 @@ from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthenticationError, AuthorizationError
 from stream_trainer.kafka import Cluster, preflight
 from stream_trainer.workbench.broker import LocalBroker, SaslSsl, make_ca, make_tls_files
+from tests.stacks import needs_tfio
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -106,6 +107,7 @@ def _topic(plaintext: str, partitions: int = 1, with_dead_letter: bool = False) 
 
 # --- the programs over SASL_SSL ----------------------------------------------------------------
 
+@needs_tfio
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
 def test_tfio_reads_and_confluent_commits_and_measures_lag_over_sasl_ssl(secured: LocalBroker, mechanism: str) -> None:
     import tensorflow_io.kafka as tfio_kafka
