@@ -1,6 +1,6 @@
 """``stream-trainer`` with one fault injected from outside the product, for the exit-path tests.
 
-    python -m tests.faults.faulty_trainer --thread NAME --call MODULE:ATTR [--kind raise|oom|hang]
+    python -m tests.faults.faulty_trainer [--thread NAME --call MODULE:ATTR] [--kind raise|oom|hang]
         [--after N] [--set MODULE:NAME=NUMBER] -- run --config FILE
 
 ``--call`` names a function the thread called ``--thread`` runs as part of its own work (the
@@ -8,8 +8,9 @@ committer's ``Cluster.keepalive``, the watchdog's ``preflight.check``, the main 
 ``Workers.step``); it is replaced by one that, in that thread only, lets ``--after`` calls through
 and then raises ``RuntimeError("injected fault in NAME")`` (``raise``), TensorFlow's out-of-memory
 error (``oom``, a message of several lines) or never returns (``hang``). Every other thread's
-calls go through unchanged. ``--set`` changes a module constant first (a shorter interval). The
-line ``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
+calls go through unchanged. ``--set`` changes a module constant first (a shorter interval); with
+``--set`` alone nothing is injected (a fault from outside the process, such as a revoked
+credential, found sooner). The line ``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
 (``cli.entry``), exit path included.
 """
 
@@ -68,8 +69,8 @@ def main() -> None:
     argv = sys.argv[1:]
     split = argv.index("--")
     p = argparse.ArgumentParser(prog="faulty_trainer")
-    p.add_argument("--thread", required=True)
-    p.add_argument("--call", required=True)
+    p.add_argument("--thread")
+    p.add_argument("--call")
     p.add_argument("--kind", choices=["raise", "oom", "hang"], default="raise")
     p.add_argument("--after", type=int, default=0)
     p.add_argument("--set", action="append", default=[])
@@ -81,7 +82,8 @@ def main() -> None:
         target, _, value = assignment.partition("=")
         owner, name = _owner(target)
         setattr(owner, name, float(value))
-    inject(args.thread, args.call, args.kind, args.after)
+    if args.thread and args.call:
+        inject(args.thread, args.call, args.kind, args.after)
     cli.entry(argv[split + 1:])
 
 
