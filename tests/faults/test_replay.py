@@ -103,8 +103,7 @@ def _assert_restored_pixels_are_the_messages(rig: Rig, state: dict, members: lis
 
     The trainer's memory cannot be read from outside, so this runs the trainer's restore
     (``restore_store``) on the same checkpoint state and compares every member's image and mask
-    with its message, read by a plain consumer and decoded on its own (one message per call: no
-    index to mix up).
+    with its message, read by a plain consumer and decoded in members' order.
     """
     from stream_trainer.ingest.pipeline import decode_values
     from stream_trainer.learn.replay import ReplayStore
@@ -119,11 +118,12 @@ def _assert_restored_pixels_are_the_messages(rig: Rig, state: dict, members: lis
     kept = [m for m in members if not (m[0] == victim and m[1] < cut)]
     assert [tuple(m) for m in store.members().tolist()] == kept
     messages = {(p, m.offset()): m.value() for p in (0, 1) for m in read_partition(rig.bootstrap, rig.topic, 30, p)}
+    (decoded,) = list(decode_values([messages[m] for m in kept], 32, len(kept)))
+    assert decoded["offset"].numpy().tolist() == list(range(len(kept))), "a member's message did not decode"
     images, masks = store.examples()
-    for (p, o), image, mask in zip(kept, images, masks, strict=True):
-        (decoded,) = list(decode_values([messages[(p, o)]], 32, 1))
-        assert np.array_equal(image, decoded["image"].numpy()[0]), f"image of member {p}:{o}"
-        assert np.array_equal(mask, decoded["mask"].numpy()[0]), f"mask of member {p}:{o}"
+    for i, (p, o) in enumerate(kept):
+        assert np.array_equal(images[i], decoded["image"].numpy()[i]), f"image of member {p}:{o}"
+        assert np.array_equal(masks[i], decoded["mask"].numpy()[i]), f"mask of member {p}:{o}"
     assert len({image.tobytes() for image in images}) > len(kept) // 2, "the images are too alike to tell apart"
 
 
