@@ -184,6 +184,17 @@ def test_fifo_keeps_the_newest_in_age_order_even_when_one_batch_exceeds_capacity
     _assert_pixels_match_members(store)
 
 
+@pytest.mark.parametrize("policy", ["reservoir", "fifo"])
+def test_examples_are_each_members_pixels_in_members_order(policy: Policy) -> None:
+    store = ReplayStore(50 * PER_MEMBER, S, seed=2, policy=policy)
+    _stream(store, 333, batch=37, partitions=2)  # past capacity: the fifo's head has moved
+    images, masks = store.examples()
+    assert len(images) == len(masks) == len(store) == 50
+    for (p, o), image, mask in zip(store.members().tolist(), images, masks, strict=True):
+        expected = _pixels(p, o)
+        assert np.array_equal(image, expected[0]) and np.array_equal(mask, expected[1]), (p, o)
+
+
 def test_reservoir_fills_free_slots_first_then_keeps_pixels_with_their_positions() -> None:
     store = ReplayStore(30 * PER_MEMBER, S, seed=3)
     store.add(*_batch(range(20)))

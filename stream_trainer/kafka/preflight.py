@@ -251,6 +251,7 @@ class Watchdog:
         self.on_failure = on_failure
         self.interval_s = interval_s
         self.failure: BrokerUnavailableError | None = None
+        self.passed = 0  # checks that found nothing wrong: how a caller knows the watchdog is looking
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -270,6 +271,7 @@ class Watchdog:
         while not self._closed.wait(self.interval_s if strikes == 0 else min(self.interval_s, RECHECK_S)):
             try:
                 check(self.kafka, self.topic, group=self.group)
+                self.passed += 1
                 strikes = 0
             except (AuthenticationError, AuthorizationError) as exc:
                 strikes += 1

@@ -202,6 +202,11 @@ class ReplayStore:
         oldest first for fifo (the order ``restore`` needs to evict in the same order)."""
         return self._members[self._order()]
 
+    def examples(self) -> tuple[U8, U8]:
+        """Copies of every member's image (len, S, S, 3) and mask (len, S, S, 1), in ``members()`` order."""
+        order = self._order()
+        return self._images[order], self._masks[order]
+
     def _order(self) -> npt.NDArray[np.intp]:
         if self._policy == "fifo":
             return (self._head + np.arange(self._len)) % self._capacity

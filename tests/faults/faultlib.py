@@ -286,6 +286,19 @@ def latest_checkpoint(directory: Path, attempts: int = 5) -> SavedCheckpoint | N
     return None
 
 
+def lock_is_free(checkpoint_dir: Path) -> bool:
+    """Whether a new trainer could take the checkpoint directory's lock now (``ownership.DirectoryLock``)."""
+    import fcntl
+
+    with (checkpoint_dir / ".owner").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
 # --- Kafka state ---------------------------------------------------------------------------------
 
 def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
@@ -316,16 +329,17 @@ class DeadLetter:
     value: bytes | None
 
 
-def read_partition(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
-    """Every message of partition 0 of ``topic`` (confluent-kafka ``Message`` objects), in order."""
+def read_partition(bootstrap: str, topic: str, timeout_s: float = 10.0, partition: int = 0) -> list[Any]:
+    """Every message of one partition of ``topic`` (confluent-kafka ``Message`` objects), in order."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "auto.offset.reset": "earliest"})  # a log start moved by retention
     out: list[Any] = []
     try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout_s)
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
         while high > low and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
@@ -375,5 +389,5 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 __all__ = ["BATCH", "CHECKPOINT_EVERY", "SHUFFLE", "DeadLetter", "Program", "Rig", "SavedCheckpoint",
-           "committed_offsets", "free_port", "latest_checkpoint", "log_ends", "make_rig", "metric",
+           "committed_offsets", "free_port", "latest_checkpoint", "lock_is_free", "log_ends", "make_rig", "metric",
            "missing_offsets", "read_dead_letters", "read_trained", "scrape", "trained_counts"]

@@ -1,6 +1,6 @@
 """``stream-trainer`` with one fault injected from outside the product, for the exit-path tests.
 
-    python -m tests.faults.faulty_trainer --thread NAME --call MODULE:ATTR [--kind raise|oom|hang|slow]
+    python -m tests.faults.faulty_trainer [--thread NAME --call MODULE:ATTR] [--kind raise|oom|hang|slow]
         [--after N] [--seconds S] [--set MODULE:NAME=NUMBER] -- run --config FILE
 
 ``--call`` names a function the thread called ``--thread`` runs as part of its own work (the
@@ -9,8 +9,9 @@ committer's ``Cluster.keepalive``, the watchdog's ``preflight.check``, the main 
 and then raises ``RuntimeError("injected fault in NAME")`` (``raise``), TensorFlow's out-of-memory
 error (``oom``, a message of several lines), never returns (``hang``) or returns after
 ``--seconds`` more (``slow``: a slow disk, a long evaluation). Every other thread's
-calls go through unchanged. ``--set`` changes a module constant first (a shorter interval). The
-line ``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
+calls go through unchanged. ``--set`` changes a module constant first (a shorter interval); with
+``--set`` alone nothing is injected (a fault from outside the process, such as a revoked
+credential, found sooner). The line ``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
 (``cli.entry``), exit path included.
 """
 
@@ -73,8 +74,8 @@ def main() -> None:
     argv = sys.argv[1:]
     split = argv.index("--")
     p = argparse.ArgumentParser(prog="faulty_trainer")
-    p.add_argument("--thread", required=True)
-    p.add_argument("--call", required=True)
+    p.add_argument("--thread")
+    p.add_argument("--call")
     p.add_argument("--kind", choices=["raise", "oom", "hang", "slow"], default="raise")
     p.add_argument("--seconds", type=float, default=0.0)
     p.add_argument("--after", type=int, default=0)
@@ -87,7 +88,8 @@ def main() -> None:
         target, _, value = assignment.partition("=")
         owner, name = _owner(target)
         setattr(owner, name, float(value))
-    inject(args.thread, args.call, args.kind, args.after, args.seconds)
+    if args.thread and args.call:
+        inject(args.thread, args.call, args.kind, args.after, args.seconds)
     cli.entry(argv[split + 1:])
 
 

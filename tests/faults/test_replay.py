@@ -10,14 +10,23 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from confluent_kafka import TopicPartition
-from faultlib import Rig, latest_checkpoint, missing_offsets, read_trained
+from faultlib import (
+    Rig,
+    free_port,
+    latest_checkpoint,
+    metric,
+    missing_offsets,
+    read_partition,
+    read_trained,
+    scrape,
+)
 
 from stream_trainer import config, wire
 from stream_trainer.config import KafkaConfig
@@ -64,13 +73,19 @@ def test_a_hard_killed_trainer_restores_its_replay_store_from_the_checkpoint(rig
     finally:
         cluster.close()
 
-    second = rig.trainer(config_file, "trainer-2")
-    pattern = re.compile(r"replay store restored: (\d+) members, (\d+) lost .* in ([\d.]+) s")
-    found = rig.wait_until(lambda: pattern.search("".join(second.output)), 180, "the store restored",
-                           alive=(second,))
-    restored, lost, seconds = int(found.group(1)), int(found.group(2)), float(found.group(3))
-    print(f"replay restore: {restored} members back, {lost} lost, refill took {seconds} s")
+    port = free_port()
+    second = rig.trainer(rig.write_config("t2.yaml", rig.settings(
+        trainer__loop__trained_log=str(log), trainer__replay__size_mib=STORE_MIB, trainer__metrics__port=port)),
+        "trainer-2")
+    # The restore counts both outcomes, restored first: once the "lost" sample exists, both are final.
+    text = rig.wait_until(lambda: (t := scrape(port)) and 'replay_restored_total{outcome="lost"' in t and t, 180,
+                          "the store restored (stream_trainer_replay_restored_total)", alive=(second,))
+    restored = metric(text, "stream_trainer_replay_restored_total", outcome="restored")
+    lost = metric(text, "stream_trainer_replay_restored_total", outcome="lost")
+    print(f"replay restore: {restored:.0f} members back, {lost:.0f} lost")
     assert (restored, lost) == (STORE_MEMBERS - deleted, deleted)
+    assert metric(text, "stream_trainer_replay_members") >= STORE_MEMBERS - deleted
+    _assert_restored_pixels_are_the_messages(rig, saved.replay, members, victim, cut)
     ends = dict.fromkeys((0, 1), 150)
     rig.wait_until(lambda: not missing_offsets(Counter((p, o) for p, o, _ in read_trained(log)), ends,
                                                saved.offsets), 180, "the rest trained", alive=(second,))
@@ -80,6 +95,36 @@ def test_a_hard_killed_trainer_restores_its_replay_store_from_the_checkpoint(rig
         assert min(o for p, o in restarted if p == q) == saved.offsets[q], f"partition {q} resumes from the checkpoint"
     final = latest_checkpoint(rig.checkpoint_dir)
     assert final is not None and final.positions == ends
+
+
+def _assert_restored_pixels_are_the_messages(rig: Rig, state: dict, members: list[tuple[int, int]], victim: int,
+                                             cut: int) -> None:
+    """The trainer's restore, run on its checkpoint's store state, holds each member's own pixels.
+
+    The trainer's memory cannot be read from outside, so this runs the trainer's restore
+    (``restore_store``) on the same checkpoint state and compares every member's image and mask
+    with its message, read by a plain consumer and decoded in members' order.
+    """
+    from stream_trainer.ingest.pipeline import decode_values
+    from stream_trainer.learn.replay import ReplayStore
+    from stream_trainer.learn.replay_fetch import restore_store
+
+    store = ReplayStore(int(STORE_MIB * 2**20), 32, seed=0)
+    cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
+    try:
+        restore_store(store, state, cluster, rig.topic, 32, [0, 1])
+    finally:
+        cluster.close()
+    kept = [m for m in members if not (m[0] == victim and m[1] < cut)]
+    assert [tuple(m) for m in store.members().tolist()] == kept
+    messages = {(p, m.offset()): m.value() for p in (0, 1) for m in read_partition(rig.bootstrap, rig.topic, 30, p)}
+    (decoded,) = list(decode_values([messages[m] for m in kept], 32, len(kept)))
+    assert decoded["offset"].numpy().tolist() == list(range(len(kept))), "a member's message did not decode"
+    images, masks = store.examples()
+    for i, (p, o) in enumerate(kept):
+        assert np.array_equal(images[i], decoded["image"].numpy()[i]), f"image of member {p}:{o}"
+        assert np.array_equal(masks[i], decoded["mask"].numpy()[i]), f"mask of member {p}:{o}"
+    assert len({image.tobytes() for image in images}) > len(kept) // 2, "the images are too alike to tell apart"
 
 
 def _phase_iou(export_dir: Path, settings: config.Settings, phase: str) -> float:

@@ -27,27 +27,43 @@ from typing import Any
 
 import pytest
 import yaml
-from faultlib import ROOT, Program, Rig, child_env, missing_offsets, read_trained, trained_counts
+from faultlib import (
+    ROOT,
+    Program,
+    Rig,
+    child_env,
+    latest_checkpoint,
+    lock_is_free,
+    missing_offsets,
+    read_trained,
+    trained_counts,
+)
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import AuthenticationError, AuthorizationError
 from stream_trainer.kafka import Cluster, preflight
 from stream_trainer.workbench.broker import LocalBroker, SaslSsl, make_ca, make_tls_files
+from tests.pets import produce_pets
 from tests.stacks import needs_tfio
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+# The module's broker starts only for the tests that run: every `make test` runs the two marked
+# fast below (``faults`` alone); the rest run in `make test-faults`.
+pytestmark = [pytest.mark.faults]
 
 PREFIX = "sec-"  # every topic and group of this module: the ACLs are granted on this prefix
 CONNECT_TIMEOUT_S = 5
 # `stream-trainer run` reaches its Kafka checks before TensorFlow loads: interpreter start-up and
 # confluent-kafka's import are all that comes on top of the connect timeout.
 START_OVERHEAD_S = 15
+# From a stop to the process's end: the final checkpoint and export (about 10 s on 2 cores) and
+# every part's close (each bounded at 5 s); as in test_supervision.py.
+EXIT_AFTER_STOP_S = 45
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     tmp = tmp_path_factory.mktemp("secured")
-    sasl = SaslSsl.create(tmp / "tls", users=("producer", "trainer", "revocable", "outsider"), acls=True)
+    sasl = SaslSsl.create(tmp / "tls", users=("producer", "trainer", "revocable", "running", "outsider"), acls=True)
     broker = LocalBroker(tmp / "kafka", heap="384m", sasl_ssl=sasl)
     broker.start()
     try:
@@ -75,7 +91,7 @@ def _grant_documented_acls(plaintext: str) -> None:
     topic, group = ResourceType.TOPIC, ResourceType.GROUP
     bindings = [allow("producer", topic, op) for op in (AclOperation.WRITE, AclOperation.DESCRIBE,
                                                         AclOperation.CREATE)]
-    for user in ("trainer", "revocable"):
+    for user in ("trainer", "revocable", "running"):
         bindings += [allow(user, topic, AclOperation.READ), allow(user, topic, AclOperation.DESCRIBE),
                      allow(user, topic, AclOperation.WRITE),  # the dead-letter topic; see docs/operations.md
                      allow(user, group, AclOperation.READ)]
@@ -108,6 +124,7 @@ def _topic(plaintext: str, partitions: int = 1, with_dead_letter: bool = False) 
 # --- the programs over SASL_SSL ----------------------------------------------------------------
 
 @needs_tfio
+@pytest.mark.slow
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
 def test_tfio_reads_and_confluent_commits_and_measures_lag_over_sasl_ssl(secured: LocalBroker, mechanism: str) -> None:
     import tensorflow_io.kafka as tfio_kafka
@@ -140,6 +157,7 @@ def test_tfio_reads_and_confluent_commits_and_measures_lag_over_sasl_ssl(secured
         group.close()
 
 
+@pytest.mark.slow
 def test_producer_and_trainer_run_over_sasl_ssl_with_only_the_documented_acls(
         secured: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert secured.sasl_ssl is not None
@@ -229,16 +247,24 @@ CASES = ["wrong_password_scram", "wrong_password_plain", "unknown_user", "mechan
          "no_acl_on_the_group"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_security_misconfiguration_is_one_line_exit_2_in_time_without_secrets(
         secured: LocalBroker, tmp_path: Path, case: str) -> None:
     kafka, fragment = _case(secured, tmp_path)[case]
+    _assert_one_line_exit_2(secured, tmp_path, case, kafka, fragment, group=("stream-trainer"
+                                                                           if case == "no_acl_on_the_group" else None))
+
+
+def _assert_one_line_exit_2(secured: LocalBroker, tmp_path: Path, case: str, kafka: dict[str, Any], fragment: str,
+                            group: str | None = None) -> None:
+    """``stream-trainer run`` with ``kafka`` settings: exit 2, one line holding ``fragment``, in time, no password."""
     topic = _topic(secured.bootstrap, with_dead_letter=True)
     settings = {"kafka": {"bootstrap_servers": secured.secure_bootstrap, "connect_timeout_s": CONNECT_TIMEOUT_S,
                           **kafka},
                 # All under the ACL prefix: a check that let a bad setting through must reach tfio.
                 "topics": {"train": topic, "eval": f"{topic}-eval", "dead_letter": f"{topic}-dlq"},
-                "trainer": {"source": {"group_id": "stream-trainer" if case == "no_acl_on_the_group" else f"{topic}-g"},
+                "trainer": {"source": {"group_id": group or f"{topic}-g"},
                             "metrics": {"port": 0}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
                             "loop": {"eval_wait_s": 0, "snapshot_dir": str(tmp_path / "snapshots"),
                                                        "tensorboard_dir": str(tmp_path / "tensorboard")}}}
@@ -267,6 +293,7 @@ def test_security_misconfiguration_is_one_line_exit_2_in_time_without_secrets(
 
 # --- credentials revoked, certificate swapped --------------------------------------------------
 
+@pytest.mark.slow
 def test_revoked_credential_is_caught_by_the_next_check_and_the_watchdog(secured: LocalBroker) -> None:
     from confluent_kafka.admin import AdminClient, ScramMechanism, UserScramCredentialDeletion
 
@@ -280,8 +307,10 @@ def test_revoked_credential_is_caught_by_the_next_check_and_the_watchdog(secured
     watchdog = preflight.Watchdog(revocable, topic, lambda exc: (failures.append(exc), fired.set()),
                                   interval_s=0.5).start()
     try:
-        time.sleep(1.5)
-        assert not fired.is_set(), failures
+        deadline = time.monotonic() + 2 * (0.5 + CONNECT_TIMEOUT_S)
+        while watchdog.passed < 2 and not fired.is_set() and time.monotonic() < deadline:
+            fired.wait(0.1)
+        assert watchdog.passed >= 2 and not fired.is_set(), (watchdog.passed, failures)
         admin = AdminClient({"bootstrap.servers": secured.bootstrap})
         deletion = UserScramCredentialDeletion("revocable", ScramMechanism.SCRAM_SHA_512)
         for fut in admin.alter_user_scram_credentials([deletion]).values():
@@ -301,12 +330,14 @@ def test_revoked_credential_is_caught_by_the_next_check_and_the_watchdog(secured
         preflight.check(revocable, topic)
 
 
+@pytest.mark.slow
 def test_topic_without_acls_is_an_authorization_error_naming_the_user(secured: LocalBroker) -> None:
     topic = _topic(secured.bootstrap)
     with pytest.raises(AuthorizationError, match=rf"user 'outsider' may not DESCRIBE topic '{topic}'"):
         preflight.check(_user(secured, "outsider"), topic)
 
 
+@pytest.mark.slow
 def test_group_without_acls_is_an_authorization_error_naming_the_group(secured: LocalBroker) -> None:
     topic = _topic(secured.bootstrap)
     trainer = _user(secured, "trainer")
@@ -315,6 +346,7 @@ def test_group_without_acls_is_an_authorization_error_naming_the_group(secured: 
         preflight.check(trainer, topic, group="not-granted")
 
 
+@pytest.mark.slow
 def test_topic_creation_refused_by_an_acl_is_one_line_naming_the_user(secured: LocalBroker) -> None:
     trainer = Cluster(_user(secured, "trainer"))  # READ, DESCRIBE, WRITE on the prefix, but no CREATE
     topic = f"{PREFIX}{uuid.uuid4().hex[:8]}"
@@ -328,6 +360,7 @@ def test_topic_creation_refused_by_an_acl_is_one_line_naming_the_user(secured: L
     assert "grant it CREATE on the topic" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_swapped_broker_certificate_is_caught_by_the_next_check(secured: LocalBroker, tmp_path: Path) -> None:
     """The broker reloads a keystore from another CA (a dynamic listener update, no restart)."""
     assert secured.sasl_ssl is not None
@@ -378,6 +411,7 @@ def _eventually_passes(call: Callable[[], None], timeout_s: float) -> None:
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_preflight_over_sasl_ssl_is_cheap_enough_to_repeat(secured: LocalBroker) -> None:
     trainer = _user(secured, "trainer")
     runs = 10
@@ -388,3 +422,68 @@ def test_preflight_over_sasl_ssl_is_cheap_enough_to_repeat(secured: LocalBroker)
     print(f"preflight.check over SASL_SSL/SCRAM-SHA-512, fresh client each: {wall * 1000:.0f} ms wall, "
           f"{cpu * 1000:.0f} ms CPU")
     assert wall < 1.0
+
+
+# --- in every `make test`: a trainer through SCRAM until its credential goes; a wrong password ---
+
+def test_a_trainer_trains_over_scram_and_stops_with_one_line_exit_2_when_its_credential_is_revoked(
+        secured: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The security watchdog of a running trainer (checks every 0.5 s here, 30 s by default) turns
+    a deleted SCRAM credential into one line and exit 2, after a final checkpoint of what it trained."""
+    from confluent_kafka.admin import AdminClient, ScramMechanism, UserScramCredentialDeletion
+
+    assert secured.sasl_ssl is not None
+    topic = _topic(secured.bootstrap, partitions=2, with_dead_letter=True)
+    _topic_named(secured.bootstrap, f"{topic}-eval")
+    ends = {0: 24, 1: 24}
+    for p, n in ends.items():
+        produce_pets(secured.bootstrap, topic, n, seed=p, size=40, partition=p)
+    rig = Rig(tmp=tmp_path, bootstrap=secured.secure_bootstrap, topic=topic, group=f"{topic}-g", partitions=2)
+    monkeypatch.setenv("RUNNING_PASSWORD", secured.sasl_ssl.users["running"])
+    client = {**secured.sasl_ssl.client("running"), "sasl.password": "${RUNNING_PASSWORD}"}
+    trained = tmp_path / "trained.log"
+    config = rig.write_config("trainer.yaml", rig.settings(
+        kafka__client=client, kafka__connect_timeout_s=CONNECT_TIMEOUT_S, trainer__loop__trained_log=str(trained)))
+    interval_s = 0.5
+    try:
+        trainer = rig.start("trainer", ["tests.faults.faulty_trainer",
+                                        "--set", f"stream_trainer.app:WATCHDOG_INTERVAL_S={interval_s}",
+                                        "--", "run", "--config", str(config)])
+        rig.wait_until(lambda: not missing_offsets(trained_counts(trained), ends), 180,
+                       f"every message up to {ends} trained over SASL_SSL", alive=(trainer,))
+        admin = AdminClient({"bootstrap.servers": secured.bootstrap})
+        deletion = UserScramCredentialDeletion("running", ScramMechanism.SCRAM_SHA_512)
+        for fut in admin.alter_user_scram_credentials([deletion]).values():
+            fut.result(30)
+        revoked_at = time.monotonic()
+        # Two failed checks in a row (the second after RECHECK_S), then the final checkpoint and exit.
+        bound = 2 * (interval_s + CONNECT_TIMEOUT_S) + preflight.RECHECK_S + EXIT_AFTER_STOP_S
+        rig.wait_until(lambda: not trainer.alive, bound, "the trainer to stop after the revocation", interval_s=0.2)
+        took = time.monotonic() - revoked_at
+        rc = trainer.stop()
+    finally:
+        rig.stop_all()
+    output = "".join(trainer.output)
+    assert rc == 2, f"exit {rc}:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("stream-trainer: error: ")]
+    assert len(errors) == 1, output[-3000:]
+    assert "SASL authentication failed for user 'running' with SCRAM-SHA-512" in errors[0], errors[0]
+    _assert_no_secret(rig.programs, _passwords(secured))
+    final = latest_checkpoint(rig.checkpoint_dir)
+    assert final is not None and final.positions == ends, final
+    assert lock_is_free(rig.checkpoint_dir)
+    print(f"revoked credential: exit 2 {took:.1f} s after the deletion (bound {bound:.0f} s): {errors[0]}")
+
+
+def test_a_wrong_scram_password_is_one_line_exit_2(secured: LocalBroker, tmp_path: Path) -> None:
+    kafka, fragment = _case(secured, tmp_path)["wrong_password_scram"]
+    _assert_one_line_exit_2(secured, tmp_path, "wrong_password_scram", kafka, fragment)
+
+
+def _topic_named(plaintext: str, name: str) -> None:
+    admin = Cluster(KafkaConfig(bootstrap_servers=plaintext))
+    try:
+        admin.ensure_topics({name: 1})
+    finally:
+        admin.close()

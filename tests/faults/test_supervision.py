@@ -9,14 +9,13 @@ and leave the checkpoint directory (and the consumer group) to the next trainer.
 
 from __future__ import annotations
 
-import fcntl
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from faultlib import Program, Rig, latest_checkpoint
+from faultlib import Program, Rig, latest_checkpoint, lock_is_free
 
 from tests.pets import produce_pets
 
@@ -72,16 +71,6 @@ def _one_error_line(output: str) -> str:
     return errors[0]
 
 
-def _lock_is_free(checkpoint_dir: Path) -> bool:
-    with (checkpoint_dir / ".owner").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return True
-
-
 def _wait_training(rig: Rig, trainer: Program) -> None:
     rig.wait_until(lambda: any(" | " in line and "steps/s" in line for line in trainer.output), 180,
                    "the loop's first status line", alive=(trainer,), interval_s=0.2)
@@ -103,7 +92,7 @@ def test_a_background_thread_that_dies_stops_the_trainer_with_one_line_naming_it
     assert error == f"{PREFIX}the {thread} thread died: RuntimeError: injected fault in {thread}", output[-3000:]
     assert rc == EXIT_UNEXPECTED, f"exit status {rc}:\n{output[-3000:]}"
     assert latest_checkpoint(rig.checkpoint_dir) is not None, "no final checkpoint"
-    assert _lock_is_free(rig.checkpoint_dir)
+    assert lock_is_free(rig.checkpoint_dir)
     print(f"{thread}: exit {rc} {took:.1f} s after the fault: {error}")
 
 
@@ -118,7 +107,7 @@ def test_an_error_in_the_step_ends_the_process_in_one_line_and_the_next_trainer_
     assert error.startswith(f"{PREFIX}unexpected ResourceExhaustedError: OOM when allocating tensor"), error
     assert "[[{{node unet/conv2d/Conv2D}}]] Hint:" in error, "the message is cut or not on one line"
     assert rc == EXIT_UNEXPECTED, f"exit status {rc}:\n{output[-3000:]}"
-    assert _lock_is_free(rig.checkpoint_dir)
+    assert lock_is_free(rig.checkpoint_dir)
     # What a kill during a save leaves behind: the replacement removes it once it owns the directory.
     abandoned = [rig.checkpoint_dir / f"checkpoint.tmp{uuid.uuid4().hex}", rig.checkpoint_dir / "ckpt-999_temp"]
     abandoned[0].touch()
@@ -147,5 +136,5 @@ def test_a_final_save_that_hangs_ends_the_process_after_the_limit_with_one_line_
     assert error.startswith(f"{PREFIX}the shutdown did not finish within {limit_s} s (stuck in save at "
                             "checkpointer.py:"), error
     assert rc == EXIT_UNEXPECTED, f"exit status {rc}:\n{output[-3000:]}"
-    assert _lock_is_free(rig.checkpoint_dir)
+    assert lock_is_free(rig.checkpoint_dir)
     print(f"hung final save: exit {rc} {took:.1f} s after the hang began: {error}")

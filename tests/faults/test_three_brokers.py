@@ -6,7 +6,9 @@ only when the controller fences the dead node, ``broker.session.timeout.ms`` = 9
 a graceful stop (the leader hands its partitions over first).
 
 - ``acks=all`` writes survive the leader's SIGKILL: every acknowledged message is read back;
-- the trainer keeps training from a partition whose leader is killed, and skips nothing.
+- the trainer keeps training from a partition whose leader is killed, and skips nothing (in every
+  `make test` with a short topic written beforehand; with a producer running throughout, the
+  leader or the group's coordinator killed, in `make test-faults`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from confluent_kafka import KafkaError
 from confluent_kafka.admin import ConfigResource, ResourceType
 from faultlib import (
     Rig,
+    committed_offsets,
     latest_checkpoint,
     log_ends,
     make_rig,
@@ -34,8 +37,11 @@ from faultlib import (
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
 from stream_trainer.workbench.broker import LocalCluster
+from tests.pets import produce_pets
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+# The module's cluster starts only for the tests that run: every `make test` runs the short-topic
+# leader kill (``faults`` alone); the rest run in `make test-faults`.
+pytestmark = [pytest.mark.faults]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,7 @@ def _cluster(bootstrap: str) -> Cluster:
     return Cluster(KafkaConfig(bootstrap_servers=bootstrap, connect_timeout_s=20), group_id=f"g-{uuid.uuid4().hex[:6]}")
 
 
+@pytest.mark.slow
 def test_topics_get_three_replicas_and_writes_need_two_in_sync(whole: LocalCluster) -> None:
     topic = f"rf-{uuid.uuid4().hex[:8]}"
     c = _cluster(whole.bootstrap)
@@ -77,6 +84,7 @@ def test_topics_get_three_replicas_and_writes_need_two_in_sync(whole: LocalClust
         c.close()
 
 
+@pytest.mark.slow
 def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(whole: LocalCluster) -> None:
     topic = f"acks-{uuid.uuid4().hex[:8]}"
     c = _cluster(whole.bootstrap)
@@ -121,6 +129,7 @@ def test_acks_all_writes_survive_a_sigkill_of_the_partition_leader(whole: LocalC
     assert len(stored) == len(set(stored)), "the idempotent producer wrote duplicates"
 
 
+@pytest.mark.slow
 def test_graceful_stop_hands_leadership_over_and_the_node_rejoins(whole: LocalCluster) -> None:
     topic = f"graceful-{uuid.uuid4().hex[:8]}"
     c = _cluster(whole.bootstrap)
@@ -156,6 +165,7 @@ def _coordinator(bootstrap: str, group: str) -> int:
         c.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["leader", "coordinator"])
 def test_training_goes_on_without_skipping_when_its_partition_leader_is_killed(
         three_rig: Rig, whole: LocalCluster, victim: str) -> None:
@@ -195,13 +205,51 @@ def test_training_goes_on_without_skipping_when_its_partition_leader_is_killed(
     try:
         # The killed node may have been the group's coordinator: the trainer's membership moves
         # with it, and its commits must catch up by themselves (it rejoins), not only at the next run.
-        rig.wait_until(lambda: c.committed(rig.topic, [0, 1]) == ends, 120,
-                       f"the group's commits to reach the log ends {ends}", alive=(trainer,))
+        # Commits follow checkpoints (every 5 steps): while the trainer runs they reach the newest
+        # checkpoint's positions, which hold the log ends only when the last step was a checkpoint's.
+        def commits_caught_up() -> bool:
+            saved = latest_checkpoint(rig.checkpoint_dir)
+            return saved is not None and c.committed(rig.topic, [0, 1]) == saved.positions
+
+        rig.wait_until(commits_caught_up, 120, "the group's commits to reach the newest checkpoint's positions",
+                       alive=(trainer,))
         assert trainer.stop() == 0, rig.logs()
         committed = c.committed(rig.topic, [0, 1])
     finally:
         c.close()
     final = latest_checkpoint(rig.checkpoint_dir)
+    assert final is not None and final.positions == ends == committed, (final, ends, committed)
+    for p, end in ends.items():
+        assert {o for q, o, _ in read_trained(trained) if q == p} == set(range(end)), f"partition {p}"
+
+
+def test_a_short_topic_trains_to_its_log_ends_through_a_kill_of_partition_0s_leader(
+        three_rig: Rig, whole: LocalCluster) -> None:
+    """Partition 0 is trained to its end, its leader is SIGKILLed, more messages come to partition 0
+    through the new leader: the trainer trains them too, and its final positions are the log ends."""
+    rig = three_rig
+    trained = rig.tmp / "trained.log"
+    produce_pets(whole.bootstrap, rig.topic, 16, seed=0, size=40, partition=0)
+    produce_pets(whole.bootstrap, rig.topic, 8, seed=1, size=40, partition=1)
+    config = rig.write_config("settings.yaml", rig.settings(trainer__loop__trained_log=str(trained)))
+    trainer = rig.trainer(config)
+    rig.wait_until(lambda: not missing_offsets(trained_counts(trained), {0: 16, 1: 8}), 180,
+                   "the first 16 + 8 messages trained", alive=(trainer,))
+    leader = whole.leader(rig.topic, 0)
+    end_at_kill = log_ends(whole.bootstrap, rig.topic)[0]
+    assert end_at_kill == 16
+    whole.kill(leader)
+    killed_at = time.monotonic()
+    produce_pets(whole.bootstrap, rig.topic, 12, seed=2, size=40, partition=0)  # acks=all, to the new leader
+    ends = log_ends(whole.bootstrap, rig.topic)
+    assert ends == {0: 28, 1: 8}, ends
+    # Partition 0 itself, whose reader's broker died, trains past its end at the kill.
+    rig.wait_until(lambda: not missing_offsets(trained_counts(trained), ends), 120,
+                   f"partition 0 trained past {end_at_kill} to {ends[0]} after its leader was killed", alive=(trainer,))
+    print(f"killed node {leader}; partition 0 trained to {ends[0]} {time.monotonic() - killed_at:.1f} s later")
+    assert trainer.stop() == 0, rig.logs()
+    final = latest_checkpoint(rig.checkpoint_dir)
+    committed = committed_offsets(whole.bootstrap, rig.group, rig.topic, 2)
     assert final is not None and final.positions == ends == committed, (final, ends, committed)
     for p, end in ends.items():
         assert {o for q, o, _ in read_trained(trained) if q == p} == set(range(end)), f"partition {p}"
