@@ -23,6 +23,7 @@ from collections import deque
 
 import tensorflow as tf
 
+from stream_trainer import metrics
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.ingest.ledger import PartitionLedger
 from stream_trainer.threads import Threads
@@ -46,6 +47,7 @@ class Intake:
         self._staged: dict[int, deque[tuple[int, int, tf.Tensor]]] = {}  # partition -> (offset, epoch, value)
         self._reader: dict[int, object] = {}  # partition -> the reader allowed to put
         self._next = 0  # round-robin cursor over partitions
+        self._left = 0  # staged after the pump's last take: with the inbox's size, the inbox gauge
         self._ended = False
         self._pump: threading.Thread | None = None
 
@@ -136,6 +138,7 @@ class Intake:
                 mine = [(o, e) for q, o, e, _ in taken if q == p]
                 for e in {e for _, e in mine}:
                     self.ledger.sent(p, [o for o, ee in mine if ee == e], e)
+            self._left = sum(len(q) for q in self._staged.values())
             self._cond.notify_all()
             return taken
 
@@ -151,4 +154,5 @@ class Intake:
                         tf.stack([v for _, _, _, v in taken]),
                         tf.constant([p for p, _, _, _ in taken], tf.int32),
                         tf.constant([o for _, o, _, _ in taken], tf.int64)])
+                    metrics.INBOX_MESSAGES.set(self._left + self.inbox.size())
 
