@@ -298,7 +298,8 @@ def test_a_worker_alone_never_votes_and_efficiency_compares_with_n_times_one_wor
 # -- memory --------------------------------------------------------------------------------------
 def _samples(rss: list[float]) -> list[Sample]:
     return [Sample(t_s=float(i), rss_mib=r, anon_mib=r - 100, file_mib=100, hwm_mib=max(rss[:i + 1]),
-                   threads=10 + i, steps=0, consumers=0, inbox=0, checkpoints=0, exports=0, replay_bytes=0)
+                   threads=10 + i, steps=0, consumers=0, inbox=0, checkpoints=0, exports=0, replay_bytes=0,
+                   step_s=0)
             for i, r in enumerate(rss)]
 
 

@@ -65,7 +65,8 @@ EVENTS = ("tensorflow", "readers", "baseline_eval", "first_step", "inbox_full", 
           "export")
 _METRICS = {"steps": "stream_trainer_steps_total", "consumers": "stream_trainer_kafka_consumers",
             "inbox": "stream_trainer_inbox_messages", "checkpoints": "stream_trainer_checkpoints_total",
-            "exports": "stream_trainer_exports_total", "replay_bytes": "stream_trainer_replay_bytes"}
+            "exports": "stream_trainer_exports_total", "replay_bytes": "stream_trainer_replay_bytes",
+            "step_s": "stream_trainer_step_duration_seconds_sum"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Sample:
     checkpoints: float
     exports: float
     replay_bytes: float
+    step_s: float  # seconds spent in training steps so far: a smoke check that an allocator does not slow steps
 
 
 def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
@@ -193,9 +195,19 @@ def measure(settings: Settings, mc: MemoryConfig, topic: str, eval_topic: str, r
         samples.append(_sample(proc.pid, port, time.monotonic() - t0))
     finally:
         stop_s = _stop(proc)
+    last = samples[-1]
     return {"partitions": partitions, "reader": reader, "env": dict(mc.env), "events": events,
-            "phases": phases(samples, events), "peak_rss_mib": samples[-1].hwm_mib, "stop_s": round(stop_s, 1),
-            "replay_bytes": samples[-1].replay_bytes, "samples": [asdict(s) for s in samples]}
+            # Steps after the first (which traces): mean seconds per step, on a shared machine only a smoke check.
+            "step_s_mean": round(_step_mean(samples), 3),
+            "phases": phases(samples, events), "peak_rss_mib": last.hwm_mib, "stop_s": round(stop_s, 1),
+            "replay_bytes": last.replay_bytes, "samples": [asdict(s) for s in samples]}
+
+
+def _step_mean(samples: list[Sample]) -> float:
+    """Mean step seconds over the steps after the first, from the step-duration histogram's sum."""
+    first = next((s for s in samples if s.steps >= 1), None)
+    last = samples[-1]
+    return (last.step_s - first.step_s) / (last.steps - first.steps) if first and last.steps > first.steps else 0.0
 
 
 def _mark(events: dict[str, float], s: Sample, snapshots: Path, mc: MemoryConfig, inbox_capacity: int) -> None:
@@ -294,7 +306,7 @@ def _sample(pid: int, port: int, t_s: float) -> Sample:
     return Sample(round(t_s, 2), round(st.get("VmRSS", 0) / 1024, 1), round(st.get("RssAnon", 0) / 1024, 1),
                   round(st.get("RssFile", 0) / 1024, 1), round(st.get("VmHWM", 0) / 1024, 1),
                   st.get("Threads", 0), m.get("steps", -1.0), m.get("consumers", 0.0), m.get("inbox", 0.0),
-                  m.get("checkpoints", 0.0), m.get("exports", 0.0), m.get("replay_bytes", 0.0))
+                  m.get("checkpoints", 0.0), m.get("exports", 0.0), m.get("replay_bytes", 0.0), m.get("step_s", 0.0))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> float:
