@@ -150,6 +150,8 @@ class Intake:
                     self.inbox.put_end()
                     return
                 if taken:
+                    # Before the enqueue too: it blocks while the inbox is full, the state worth seeing.
+                    metrics.INBOX_MESSAGES.set(self._left + len(taken) + self.inbox.size())
                     self.inbox.queue.enqueue_many([
                         tf.stack([v for _, _, _, v in taken]),
                         tf.constant([p for p, _, _, _ in taken], tf.int32),
