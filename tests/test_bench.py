@@ -39,9 +39,11 @@ DECODERS = ["floor_memory", "pipeline_memory", "floor_live", "pipeline_live"]
 class QuickRun:
     """One ``--quick`` bench in a child process (as users run it); its outputs once it has ended."""
 
-    def __init__(self, bootstrap: str, out: Path, *args: str) -> None:
+    def __init__(self, bootstrap: str, out: Path, *args: str, tmpdir: Path | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP", "STREAM_TRAINER_BOOTSTRAP"}}
         env["PYTHONPATH"] = str(ROOT)
+        if tmpdir is not None:  # the run's scratch folders go there: its processes are told from other runs'
+            env["TMPDIR"] = str(tmpdir)
         cmd = [sys.executable, "-m", "stream_trainer.cli", "bench", "--quick",
                "--bootstrap", bootstrap, "--out", str(out), *args]
         self.out = out
@@ -127,10 +129,12 @@ def _is_bench_worker(proc: Path, marker: bytes = b"stream-trainer-bench-scaleout
         return False
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(320)  # a whole trainer (import, traced step, export): ~100 s alone, ~190 s on busy cores
 def test_quick_memory_bench_samples_a_real_trainer_through_every_phase_in_order(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    results = QuickRun(kafka_bootstrap, tmp_path, "--scenario", "memory").result()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    results = QuickRun(kafka_bootstrap, tmp_path, "--scenario", "memory", tmpdir=scratch).result(timeout_s=300)
     runs = results["runs"]["tensorflow-io"]
     assert set(runs) == {"2"}  # one trainer in --quick; the slope over partition counts is tested below
     for n, r in runs.items():
@@ -147,7 +151,7 @@ def test_quick_memory_bench_samples_a_real_trainer_through_every_phase_in_order(
     assert results["per_partition"]["tensorflow-io"] == {}  # one partition count: no slope
     assert results["workload"]["backlog_messages_per_partition"] > 0
     leftovers = [p for p in Path("/proc").iterdir()
-                 if p.name.isdigit() and _is_bench_worker(p, b"stream-trainer-bench-memory-")]
+                 if p.name.isdigit() and _is_bench_worker(p, f"{scratch}/stream-trainer-bench-memory-".encode())]
     assert not leftovers
 
 
