@@ -259,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tfenv.configure()  # before any command imports TensorFlow: its C++ logging reads the environment once
     args = build_parser().parse_args(argv)
+    if getattr(args, "func", None) is _cmd_run:
+        tfenv.limit_malloc_arenas()  # the daemon's memory (docs/operations.md); before its first thread starts
     try:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     except ValueError:

@@ -75,6 +75,10 @@ KAFKA_CONSUMERS = Gauge(
     "stream_trainer_kafka_consumers", "librdkafka consumers held by this process's readers (tensorflow-io: one "
     "per partition, a retired reader's until tensorflow-io returns control to it; confluent-kafka: 1).",
     registry=REGISTRY)
+INBOX_MESSAGES = Gauge(
+    "stream_trainer_inbox_messages", "Messages read from Kafka and not yet taken for decoding: staged per partition "
+    "plus queued in the inbox (bounded by trainer.source.queue_capacity and each partition's share).",
+    registry=REGISTRY)
 CHECKPOINTS = Counter("stream_trainer_checkpoints_total", "Checkpoints written (weights, optimizer, offsets).",
                       registry=REGISTRY)
 CHECKPOINT_FAILURES = Counter(

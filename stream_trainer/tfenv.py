@@ -36,10 +36,19 @@ there the same lines can matter.
 
 ``TF_CPP_MIN_LOG_LEVEL`` defaults to 1 for the trainer: tensorflow-io logs every Kafka client
 setting at INFO, SASL passwords included. A value the user set is kept.
+
+glibc's malloc gives each thread that contends for the heap its own arena, up to 8 per core,
+and an arena keeps the memory its thread freed. The trainer runs dozens of threads (TensorFlow's
+pools, a reader and librdkafka's threads per partition), so freed tensors and messages stayed
+resident in arenas nobody reused. ``limit_malloc_arenas`` caps them at ``MALLOC_ARENAS``
+(2) before any thread starts, unless ``MALLOC_ARENA_MAX`` is set (glibc read it at start then);
+docs/benchmarks.md (memory) has what it and the other allocators tried gave.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -52,6 +61,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+# mallopt's parameter number for the arena cap (glibc's malloc.h) and the cap applied by default.
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
 # "2024-05-01 12:00:00.123456: E path/to/file.cc:123] message" (TensorFlow 2.16's C++ log format), and
 # "E0000 00:00:1796537478.404674   26161 file.cc:52] message" (absl's, TensorFlow 2.21: file name only).
 _PREFIX = re.compile(r"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ )"
@@ -105,6 +117,23 @@ def configure(environ: MutableMapping[str, str] | None = None, dev: Path = Path(
     if not any(isinstance(f, QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, QuietImport("tensorflow", then=_list_devices))
     return True
+
+
+def limit_malloc_arenas(environ: MutableMapping[str, str] | None = None, arenas: int = MALLOC_ARENAS) -> int | None:
+    """Cap glibc's malloc arenas at ``arenas`` for this process; call before threads start.
+
+    Returns the cap in force: ``MALLOC_ARENA_MAX`` when the environment sets it (glibc applied it
+    at start; kept), else ``arenas``; None where the C library is not glibc (nothing changed).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("MALLOC_ARENA_MAX", "").isdigit():
+        return int(env["MALLOC_ARENA_MAX"])
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    return arenas if mallopt(_M_ARENA_MAX, arenas) == 1 else None
 
 
 def has_gpu_device(dev: Path = Path("/dev")) -> bool:

@@ -24,6 +24,7 @@ from stream_trainer.workbench.bench import scenario_of
 from stream_trainer.workbench.bench.arguments import workers_list
 from stream_trainer.workbench.bench.learning import targets as learning_targets
 from stream_trainer.workbench.bench.learning_parts import plateaued
+from stream_trainer.workbench.bench.memory import EVENTS, Sample, per_partition_cost, phases
 from stream_trainer.workbench.bench.scaleout import efficiency
 from stream_trainer.workbench.bench.scrape import job_rates, parse_metrics
 from stream_trainer.workbench.bench.throughput import round_ratios
@@ -38,9 +39,11 @@ DECODERS = ["floor_memory", "pipeline_memory", "floor_live", "pipeline_live"]
 class QuickRun:
     """One ``--quick`` bench in a child process (as users run it); its outputs once it has ended."""
 
-    def __init__(self, bootstrap: str, out: Path, *args: str) -> None:
+    def __init__(self, bootstrap: str, out: Path, *args: str, tmpdir: Path | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP", "STREAM_TRAINER_BOOTSTRAP"}}
         env["PYTHONPATH"] = str(ROOT)
+        if tmpdir is not None:  # the run's scratch folders go there: its processes are told from other runs'
+            env["TMPDIR"] = str(tmpdir)
         cmd = [sys.executable, "-m", "stream_trainer.cli", "bench", "--quick",
                "--bootstrap", bootstrap, "--out", str(out), *args]
         self.out = out
@@ -119,11 +122,37 @@ def test_quick_scaleout_bench_measures_both_jobs_and_leaves_no_worker_running(
     assert not leftovers
 
 
-def _is_bench_worker(proc: Path) -> bool:
+def _is_bench_worker(proc: Path, marker: bytes = b"stream-trainer-bench-scaleout-") -> bool:
     try:
-        return b"stream-trainer-bench-scaleout-" in (proc / "cmdline").read_bytes()
+        return marker in (proc / "cmdline").read_bytes()
     except OSError:
         return False
+
+
+@pytest.mark.timeout(320)  # a whole trainer (import, traced step, export): ~100 s alone, ~190 s on busy cores
+def test_quick_memory_bench_samples_a_real_trainer_through_every_phase_in_order(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    results = QuickRun(kafka_bootstrap, tmp_path, "--scenario", "memory", tmpdir=scratch).result(timeout_s=300)
+    runs = results["runs"]["tensorflow-io"]
+    assert set(runs) == {"2"}  # one trainer in --quick; the slope over partition counts is tested below
+    for n, r in runs.items():
+        # Every event the schedule promises was observed, in the order a run goes through them
+        # (the quick backlog is smaller than the inbox: it never fills).
+        seen = [e for e in EVENTS if e != "inbox_full"]
+        assert all(e in r["events"] for e in seen), (n, r["events"])
+        times = [r["events"][e] for e in seen]
+        assert times == sorted(times), (n, r["events"])
+        ph = r["phases"]
+        assert all(p["rss_mib"] > 0 and p["threads"] > 0 for p in ph.values()), (n, ph)
+        assert ph["tensorflow_imported"]["rss_mib"] < ph["training"]["rss_mib"] <= r["peak_rss_mib"]
+        assert r["replay_bytes"] > 0 and r["stop_s"] < 60
+    assert results["per_partition"]["tensorflow-io"] == {}  # one partition count: no slope
+    assert results["workload"]["backlog_messages_per_partition"] > 0
+    leftovers = [p for p in Path("/proc").iterdir()
+                 if p.name.isdigit() and _is_bench_worker(p, f"{scratch}/stream-trainer-bench-memory-".encode())]
+    assert not leftovers
 
 
 # -- windows and rates ---------------------------------------------------------------------------
@@ -270,6 +299,38 @@ def test_a_worker_alone_never_votes_and_efficiency_compares_with_n_times_one_wor
     assert efficiency({"2": {"fresh_images_per_s": 15.0}}) == {}
 
 
+# -- memory --------------------------------------------------------------------------------------
+def _samples(rss: list[float]) -> list[Sample]:
+    return [Sample(t_s=float(i), rss_mib=r, anon_mib=r - 100, file_mib=100, hwm_mib=max(rss[:i + 1]),
+                   threads=10 + i, steps=0, consumers=0, inbox=0, checkpoints=0, exports=0, replay_bytes=0,
+                   step_s=0)
+            for i, r in enumerate(rss)]
+
+
+def test_memory_phases_lie_between_their_events_and_training_is_the_later_half_median() -> None:
+    #        t: 0    1    2    3    4    5    6    7    8    9    10   11   12   13
+    rss = [0.0, 300, 320, 500, 700, 650, 660, 680, 670, 690, 900, 800, 850, 820]
+    events = {"tensorflow": 1, "readers": 3, "baseline_eval": 4, "first_step": 5, "step_n": 10, "eval_n": 11,
+              "checkpoint": 12, "export": 13}
+    ph = phases(_samples(rss), {k: float(v) for k, v in events.items()})
+    assert ph["tensorflow_imported"] == {"rss_mib": 300, "anon_mib": 200, "file_mib": 100, "threads": 11}
+    assert ph["model_optimizer_replay"]["rss_mib"] == 320  # before the readers, not at them
+    assert ph["readers_and_baseline_eval"]["rss_mib"] == 700
+    assert ph["first_step"]["rss_mib"] == 650
+    assert ph["training"]["rss_mib"] == 690  # t 8..10 of 5..10: 670, 690, 900 -> median 690
+    assert ph["evaluation"]["rss_mib"] == 900 and ph["checkpoint"]["rss_mib"] == 850
+    assert ph["export"] == {"rss_mib": 850, "anon_mib": 750, "file_mib": 100, "threads": 23}
+
+
+def test_memory_cost_per_partition_is_the_slope_over_partition_counts() -> None:
+    def run(training: float, peak: float, threads: int) -> dict[str, Any]:
+        return {"phases": {"training": {"rss_mib": training, "threads": threads}}, "peak_rss_mib": peak}
+
+    cost = per_partition_cost({"1": run(1000, 1100, 30), "4": run(1180, 1280, 60), "16": run(1900, 2000, 180)})
+    assert cost == {"training_rss_mib": 60.0, "peak_rss_mib": 60.0, "threads": 10.0}
+    assert per_partition_cost({"4": run(1, 1, 1)}) == {}
+
+
 # -- flags and config ----------------------------------------------------------------------------
 def test_workers_flag_selects_scale_out_and_takes_distinct_counts() -> None:
     assert workers_list("1,2") == [1, 2]
@@ -288,6 +349,9 @@ def test_bench_config_rejects_messages_too_few_for_the_timed_window(tmp_path: Pa
         bench_config.load(path)
     path.write_text("bench:\n  partitions: 3\n")
     with pytest.raises(ConfigError, match=r"bench\.partitions' must be one of bench\.partition_counts"):
+        bench_config.load(path)
+    path.write_text("bench:\n  memory:\n    readers: []\n")
+    with pytest.raises(ConfigError, match=r"bench\.memory\.readers"):
         bench_config.load(path)
     path.write_text("bench:\n  mesages: 100\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'bench\.mesages'"):

@@ -13,10 +13,13 @@ import pytest
 import tensorflow as tf
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from stream_trainer import metrics
 from stream_trainer.config import KafkaConfig, SourceConfig
 from stream_trainer.ingest import source
 from stream_trainer.ingest.inbox import END_PARTITION, Inbox
+from stream_trainer.ingest.reader import read_ahead
 from stream_trainer.ingest.source import source_class
+from stream_trainer.ingest.supervisor import KafkaSource
 from stream_trainer.kafka import Cluster
 from stream_trainer.threads import Threads
 from tests.readers import READERS
@@ -209,6 +212,36 @@ def test_partitions_with_a_backlog_take_turns_from_the_first_group(
     # reader connected later. From there on the partitions take turns (before: hundreds from one).
     later = taken[128:]
     assert later.count(0) >= 64 and later.count(1) >= 64, taken
+
+
+def test_read_ahead_is_the_workers_split_over_its_partitions_at_least_four_fetches_each() -> None:
+    kafka = KafkaConfig()
+    assert read_ahead(kafka, 1) == read_ahead(kafka) == ["queued.max.messages.kbytes=32768"]
+    assert read_ahead(kafka, 4) == ["queued.max.messages.kbytes=8192"]
+    assert read_ahead(kafka, 16) == read_ahead(kafka, 64) == ["queued.max.messages.kbytes=4096"]
+    smaller_fetches = KafkaConfig(client={"fetch.message.max.bytes": "524288"})
+    assert read_ahead(smaller_fetches, 4) == ["queued.max.messages.kbytes=4096"]
+    assert read_ahead(KafkaConfig(client={"queued.max.messages.kbytes": "1024"}), 4) == []  # the user's wins
+
+
+@needs_tfio
+def test_each_reader_gets_its_share_of_the_read_ahead_and_the_inbox_gauge_counts_what_waits(
+        kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=5)
+    _produce(kafka_bootstrap, topic, [(p, b"k", b"v" * 1000) for p in range(4) for _ in range(300)])
+    src = KafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, Inbox(64), SourceConfig(), "tfio-test",
+                      resolve=lambda _p, offset: offset, stop=threading.Event(), threads=Threads())
+    src.start(dict.fromkeys(range(4), 0))
+    shares = {p: [c for c in r._config if c.startswith("queued.max.messages.kbytes=")]
+              for p, r in src.readers.items()}
+    assert shares == {p: ["queued.max.messages.kbytes=8192"] for p in range(4)}, shares  # 32 MiB over 4
+    src.add(4, 0)  # a partition added while running: 32 fetches over 5, rounded down
+    assert "queued.max.messages.kbytes=6144" in src.readers[4]._config
+    deadline = time.monotonic() + 30
+    # Nothing decodes: the inbox (64) fills, the pump blocks with a group in hand, and the gauge says so.
+    while (metrics.REGISTRY.get_sample_value("stream_trainer_inbox_messages") or 0) <= 64:
+        assert time.monotonic() < deadline, metrics.REGISTRY.get_sample_value("stream_trainer_inbox_messages")
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("reader", READERS)

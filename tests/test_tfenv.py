@@ -175,3 +175,35 @@ def test_a_real_tensorflow_error_is_still_printed(tmp_path: Path) -> None:
     assert any("OP_REQUIRES failed at whole_file_read_ops.cc" in line and "NOT_FOUND" in line for line in lines)
     assert "tensorflow.python.framework.errors_impl.NotFoundError" in out.stderr
     assert [line for line in lines if any(w in line.lower() for w in NOISY_WORDS)] == []
+
+
+_ARENAS = textwrap.dedent("""
+    import ctypes, sys, threading
+    from stream_trainer import tfenv
+    if sys.argv[1] == "capped":
+        assert tfenv.limit_malloc_arenas({}) == tfenv.MALLOC_ARENAS
+    ready, done = threading.Barrier(9), threading.Event()
+    def work():
+        keep = [bytearray(4000) for _ in range(200)]  # malloc from this thread, under mmap's threshold
+        ready.wait()
+        done.wait()
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
+    done.set()
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_malloc_arenas_are_capped_so_threads_share_two_instead_of_one_each() -> None:
+    def arenas(mode: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        out = subprocess.run([sys.executable, "-c", _ARENAS, mode], capture_output=True, text=True, cwd=ROOT,
+                             env={**env, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)
+        return out.stderr.count("Arena ")
+
+    assert arenas("default") > tfenv.MALLOC_ARENAS  # glibc's own: up to 8 per core, one per thread here
+    assert arenas("capped") == tfenv.MALLOC_ARENAS
+    assert tfenv.limit_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) == 4  # set at start: glibc applied it, kept

@@ -27,6 +27,7 @@ from typing import TypeAlias
 
 import tensorflow as tf
 
+from stream_trainer import metrics
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.ingest.ledger import PartitionLedger
 from stream_trainer.threads import Threads
@@ -54,6 +55,7 @@ class Intake:
         self._staged: dict[int, deque[tuple[int, int, Value, int]]] = {}
         self._reader: dict[int, object] = {}  # partition -> the reader allowed to put
         self._next = 0  # round-robin cursor over partitions
+        self._left = 0  # staged after the pump's last take: with the inbox's size, the inbox gauge
         self._ended = False
         self._pump: threading.Thread | None = None
 
@@ -163,6 +165,7 @@ class Intake:
                 mine = [(o, e, c) for q, o, e, _, c in taken if q == p]
                 for e in {e for _, e, _ in mine}:
                     self.ledger.sent(p, [o for o, ee, _ in mine if ee == e], e, [c for _, ee, c in mine if ee == e])
+            self._left = sum(len(q) for q in self._staged.values())
             self._cond.notify_all()
             return taken
 
@@ -175,9 +178,12 @@ class Intake:
                     return
                 if taken:
                     values = [v for _, _, _, v, _ in taken]
+                    # Before the enqueue too: it blocks while the inbox is full, the state worth seeing.
+                    metrics.INBOX_MESSAGES.set(self._left + len(taken) + self.inbox.size())
                     self.inbox.queue.enqueue_many([
                         tf.constant(values, tf.string) if all(isinstance(v, bytes) for v in values)
                         else tf.stack([tf.convert_to_tensor(v, tf.string) for v in values]),
                         tf.constant([p for p, _, _, _, _ in taken], tf.int32),
                         tf.constant([o for _, o, _, _, _ in taken], tf.int64)])
+                    metrics.INBOX_MESSAGES.set(self._left + self.inbox.size())
 

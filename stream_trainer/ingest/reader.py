@@ -36,8 +36,10 @@ from stream_trainer.kafka import security
 # not librdkafka's silent jump to the log end.
 _TFIO_TOPIC = ("auto.offset.reset=error",)
 
-# librdkafka's local queue per partition, in fetches (see read_ahead).
+# librdkafka's local queues of one worker, in fetches, shared by its partitions; each partition's
+# at least _MIN_FETCHES_AHEAD (see read_ahead).
 _FETCHES_AHEAD = 32
+_MIN_FETCHES_AHEAD = 4
 
 _consumers_lock = threading.Lock()
 _consumers = 0
@@ -57,27 +59,33 @@ def live_consumers() -> int:
         return _consumers
 
 
-def read_ahead(kafka: KafkaConfig) -> list[str]:
-    """librdkafka 1.5.0's read-ahead for one partition, bounded (its default is 1 GiB per partition).
+def read_ahead(kafka: KafkaConfig, partitions: int = 1) -> list[str]:
+    """librdkafka 1.5.0's read-ahead for one of a worker's ``partitions``, bounded (its default is
+    1 GiB per partition).
 
-    The rule: ``queued.max.messages.kbytes`` = 32 fetches (32 x ``fetch.message.max.bytes``,
-    1 MiB by default, so 32 MiB): a reader holds at most that plus one fetch arriving, besides the
-    messages it staged in the intake. ``queued.min.messages`` stays at its default: in 1.5.0 a
-    consumer that reaches either bound pauses fetching for a while, and a small message bound
-    (64) cut one partition's reading to ~100 messages/s, 16 MiB to ~500/s, where 32 MiB keeps up
-    with decoding (docs/operations.md has the figures). A ``kafka.client`` value wins.
+    The rule: the worker's readers together hold 32 fetches (32 x ``fetch.message.max.bytes``,
+    1 MiB by default, so 32 MiB), split evenly, at least 4 fetches each: ``queued.max.messages.kbytes``
+    = 32 MiB for one partition, 8 MiB each for four, 4 MiB each from eight on. A reader holds at
+    most that plus one fetch arriving, besides the messages it staged in the intake. Why per
+    worker: the worker trains no faster with more partitions, and 32 MiB per partition was most of
+    what an added partition cost (docs/benchmarks.md, memory). ``queued.min.messages`` stays at its
+    default: in 1.5.0 a consumer that reaches either bound pauses fetching for a while, and a
+    small message bound (64) cut one partition's reading to ~100 messages/s, 16 MiB to ~500/s,
+    where 32 MiB keeps up with decoding (docs/operations.md has the figures). A ``kafka.client``
+    value wins.
     """
     if "queued.max.messages.kbytes" in kafka.client:
         return []
     fetch = int(kafka.client.get("fetch.message.max.bytes", 1048576))
-    return [f"queued.max.messages.kbytes={max(1, _FETCHES_AHEAD * fetch // 1024)}"]
+    fetches = max(_MIN_FETCHES_AHEAD, _FETCHES_AHEAD // max(1, partitions))
+    return [f"queued.max.messages.kbytes={max(1, fetches * fetch // 1024)}"]
 
 
-def tfio_config(kafka: KafkaConfig) -> list[str]:
-    """tfio's global properties: ours (no group, no commits, bounded read-ahead) plus every
-    ``kafka.client`` property its librdkafka 1.5.0 honours; anything it cannot honour is refused
-    by name (kafka/security.py)."""
-    return security.tfio_properties(kafka) + read_ahead(kafka)
+def tfio_config(kafka: KafkaConfig, partitions: int = 1) -> list[str]:
+    """tfio's global properties: ours (no group, no commits, bounded read-ahead for one of
+    ``partitions``) plus every ``kafka.client`` property its librdkafka 1.5.0 honours; anything it
+    cannot honour is refused by name (kafka/security.py)."""
+    return security.tfio_properties(kafka) + read_ahead(kafka, partitions)
 
 
 class PartitionReader:
@@ -86,7 +94,7 @@ class PartitionReader:
     paused = False  # it blocks in the intake instead (see the watchdog in supervisor.py)
 
     def __init__(self, kafka: KafkaConfig, topic: str, partition: int, group_id: str, poll_timeout_ms: int,
-                 intake: Intake) -> None:
+                 intake: Intake, partitions: int = 1) -> None:
         self.topic = topic
         self.partition = partition
         self.intake = intake
@@ -94,7 +102,7 @@ class PartitionReader:
         self.next_offset = -1  # the offset after the last message read (-1 before the first)
         self.epoch = 0
         self._servers = kafka.bootstrap_servers
-        self._config = tfio_config(kafka)
+        self._config = tfio_config(kafka, partitions)  # the read-ahead is the worker's, split by ``partitions``
         self._group = group_id
         self._timeout = poll_timeout_ms
 

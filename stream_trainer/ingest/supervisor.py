@@ -107,6 +107,7 @@ class KafkaSource:
         self._failures: deque[float] = deque()
         self._lock = threading.Lock()
         self._bounded_left = 0
+        self._reading = 1  # partitions this worker reads: each reader's share of the read-ahead (reader.py)
         self._progress: dict[int, tuple[int, float]] = {}  # partition -> (position, since when)
         self._thread: dict[int, threading.Thread] = {}  # partition -> its reader's thread
         self._blocked: dict[int, threading.Thread] = {}  # partition -> its retired reader's thread, if still alive
@@ -115,6 +116,7 @@ class KafkaSource:
         """Start reading every partition in ``starts``; with ``stops`` (exclusive), end there."""
         if stops is not None:
             self._bounded_left = len(starts)
+        self._reading = max(1, len(starts))
         self.intake.start()
         for p, offset in sorted(starts.items()):
             self._launch(p, offset, None if stops is None else stops[p], notify=False)
@@ -122,11 +124,12 @@ class KafkaSource:
 
     def add(self, partition: int, start: int) -> None:
         """Start reading one more partition (a partition added to the topic while running)."""
+        self._reading += 1  # the new reader's read-ahead share; the running readers keep theirs
         self._launch(partition, start, None, notify=True)
 
     def _launch(self, partition: int, start: int, stop_at: int | None, notify: bool) -> None:
         reader = PartitionReader(self.kafka, self.topic, partition, self.group_id, self.cfg.poll_timeout_ms,
-                                 self.intake)
+                                 self.intake, partitions=self._reading)
         epoch = self._install(reader, start, notify)
         assert epoch is not None  # a new reader is always installed
         self.readers[partition] = reader

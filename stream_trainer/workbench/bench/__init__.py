@@ -9,6 +9,8 @@ Scenarios, each writing ``<scenario>.json``, ``<scenario>.png`` and ``<scenario>
   float32 against mixed bfloat16 (``throughput.py``);
 * ``learning`` (``--scenario learning``; issue 14): forgetting on a drifting stream, with and
   without replay (``learning.py``);
+* ``memory`` (``--scenario memory``; issue 23): a ``stream-trainer run`` process's RSS and
+  threads phase by phase, at several partition counts and with each reader (``memory.py``);
 * ``scaleout`` (``--workers 1,2``; issue 12): ``stream-trainer run`` processes training one
   model together, measured from their own /metrics (``scaleout.py``).
 
@@ -73,6 +75,10 @@ def main(args: argparse.Namespace) -> int:
             from stream_trainer.workbench.bench import learning
 
             results = learning.run(settings, bench, command)
+        elif scenario == "memory":
+            from stream_trainer.workbench.bench import memory
+
+            results = memory.run(settings, bench, command)
         else:
             from stream_trainer.workbench.bench import throughput
 
@@ -89,10 +95,11 @@ def main(args: argparse.Namespace) -> int:
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
     """``<scenario>.json``, ``.png`` and ``.md`` under ``out``; the table is printed too."""
-    from stream_trainer.workbench.bench import learning_report, report, scaleout_report
+    from stream_trainer.workbench.bench import learning_report, memory_report, report, scaleout_report
 
     scenario = results["scenario"]
-    module: Any = {"throughput": report, "learning": learning_report, "scaleout": scaleout_report}[scenario]
+    module: Any = {"throughput": report, "learning": learning_report, "scaleout": scaleout_report,
+                   "memory": memory_report}[scenario]
     paths = [out / f"{scenario}.{ext}" for ext in ("json", "png", "md")]
     report.write_json(results, paths[0])
     module.chart(results, paths[1])
@@ -107,8 +114,8 @@ def _command(args: argparse.Namespace, scenario: str) -> str:
     for flag, value in (("--config", args.config), ("--messages", args.messages), ("--repeats", args.repeats)):
         if value is not None:
             parts.append(f"{flag} {value}")
-    if scenario == "learning":
-        parts.append("--scenario learning")
+    if scenario in ("learning", "memory"):
+        parts.append(f"--scenario {scenario}")
     if scenario == "scaleout":
         parts.append("--workers " + ",".join(str(n) for n in args.workers))
     for key, value in args.settings or []:

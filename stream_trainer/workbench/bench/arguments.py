@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-SCENARIOS = ("throughput", "learning")
+SCENARIOS = ("throughput", "learning", "memory")
 
 
 def workers_list(text: str) -> list[int]:
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--scenario", choices=SCENARIOS, default="throughput",
-                        help="throughput (issue 16, default) or learning (issue 14: forgetting with/without replay)")
+                        help="throughput (issue 16, default), learning (issue 14: forgetting with/without replay) "
+                             "or memory (issue 23: a trainer's RSS and threads, phase by phase)")
     parser.add_argument("--workers", type=workers_list, default=None, metavar="N,M",
                         help="scale-out (issue 12): train with each number of worker processes, e.g. 1,2")
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE", dest="settings",

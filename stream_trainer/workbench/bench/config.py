@@ -82,6 +82,26 @@ class ScaleoutConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """``--scenario memory`` (issue 23): a trainer process's RSS through the phases of a real run."""
+
+    partition_counts: list[int] = field(default_factory=lambda: [1, 4, 16])  # the first P of one topic
+    # Values of trainer.source.reader; the first is the default and is not set in the trainer's config.
+    readers: list[str] = field(default_factory=lambda: ["tensorflow-io"])
+    # Each partition holds this much before the trainer starts: more than librdkafka's read-ahead
+    # (32 MiB by default, ingest/reader.py) plus what the run trains, so every queue can fill.
+    backlog_mib_per_partition: float = 48.0
+    message_image_px: int = 320  # ~54 KB messages, like the throughput scenario's
+    distinct: int = 200  # distinct images, repeated through the backlog
+    eval_images: int = 256  # trainer.loop.eval_max_images' default: the eval cache at its default size
+    steps: int = 20  # evaluation, checkpoint and export at this step (the baseline evaluation at step 0)
+    sample_every_s: float = 0.25
+    settle_s: float = 2.0  # sampled after the export, before SIGTERM
+    start_timeout_s: float = 600.0  # from start to the export
+    env: dict[str, str] = field(default_factory=dict)  # added to the trainer's environment (MALLOC_ARENA_MAX ...)
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     messages: int = 3000  # per throughput run; every contender reads the same messages
     partition_counts: list[int] = field(default_factory=lambda: [1, 4, 16])  # one topic each, same messages
@@ -103,6 +123,7 @@ class BenchConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 # --quick: small enough for a test, big enough for every code path.
@@ -120,7 +141,10 @@ QUICK = {
                            "depth": 2, "batch_size": 8, "eval_every_images": 32, "patience": 1, "cost_steps": 2,
                            "cost_rounds": 1},
               "scaleout": {"partitions": 2, "messages": 6000, "distinct": 40, "message_image_px": 32,
-                           "warmup_steps": 2, "warmup_s": 0.0, "window_s": 2.0}},
+                           "warmup_steps": 2, "warmup_s": 0.0, "window_s": 2.0},
+              # One trainer: each costs a TensorFlow import, a traced step and an export (~100 s on 2 busy cores).
+              "memory": {"partition_counts": [2], "backlog_mib_per_partition": 1.0, "message_image_px": 96,
+                         "distinct": 20, "eval_images": 8, "steps": 2, "sample_every_s": 0.2, "settle_s": 0.5}},
     # decode_group 8: a 64-message read must still arrive in several groups for a timed window.
     "trainer": {"pipeline": {"image_size": 32, "batch_size": 4, "decode_group": 8},
                 "model": {"base_filters": 4, "depth": 2}},
@@ -162,7 +186,7 @@ def validate(bench: BenchConfig, settings: Settings) -> BenchConfig:
     p = settings.trainer.pipeline
     # The clock starts after warmup_messages and stops before the last two batches.
     need = bench.warmup_messages + 4 * p.batch_size
-    fresh, learn, scale = bench.freshness, bench.learning, bench.scaleout
+    fresh, learn, scale, mem = bench.freshness, bench.learning, bench.scaleout, bench.memory
     counts = bench.partition_counts
     checks = [
         (bool(counts) and all(n >= 1 for n in counts) and len(set(counts)) == len(counts),
@@ -186,6 +210,14 @@ def validate(bench: BenchConfig, settings: Settings) -> BenchConfig:
         (scale.partitions >= 1 and scale.messages >= scale.distinct >= 1, "bench.scaleout.messages",
          "must be >= bench.scaleout.distinct >= 1"),
         (scale.window_s > 0, "bench.scaleout.window_s", "must be > 0"),
+        (bool(mem.partition_counts) and all(n >= 1 for n in mem.partition_counts)
+         and len(set(mem.partition_counts)) == len(mem.partition_counts), "bench.memory.partition_counts",
+         "must be distinct partition counts >= 1"),
+        (bool(mem.readers) and len(set(mem.readers)) == len(mem.readers), "bench.memory.readers",
+         "must name distinct readers (values of trainer.source.reader), the default first"),
+        (mem.backlog_mib_per_partition > 0 and mem.distinct >= 1 and mem.eval_images >= 1,
+         "bench.memory.backlog_mib_per_partition", "must be > 0 (and distinct, eval_images >= 1)"),
+        (mem.steps >= 1 and mem.sample_every_s > 0, "bench.memory.steps", "must be >= 1 (and sample_every_s > 0)"),
     ]
     for ok, key, rule in checks:
         if not ok:
