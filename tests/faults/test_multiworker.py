@@ -132,7 +132,7 @@ def test_sigterm_to_one_worker_stops_an_idle_job_with_one_checkpoint(job: Rig) -
     t0 = time.monotonic()
     assert workers[1][0].stop(timeout_s=30) == 0, job.logs()
     assert workers[0][0].stop(timeout_s=30) == 0, job.logs()  # already on its way out
-    assert time.monotonic() - t0 < 10, f"the job took {time.monotonic() - t0:.1f} s to stop"
+    took = time.monotonic() - t0
     final = latest_checkpoint(job.checkpoint_dir)
     assert final is not None and final.positions == dict.fromkeys(range(PARTITIONS), 0)
     assert final.step == 0, f"an idle job stepped: {final}"
@@ -140,6 +140,7 @@ def test_sigterm_to_one_worker_stops_an_idle_job_with_one_checkpoint(job: Rig) -
     chief = "".join(workers[0][0].output)
     assert chief.count("INFO stream_trainer.loop.train_loop: checkpoint ") == 1, "exactly one checkpoint"
     assert "stopped by another worker" in chief
+    assert took < 10, f"the job took {took:.1f} s to stop"
 
 
 @pytest.mark.faults
