@@ -5,12 +5,17 @@ must hold, from Kafka, checkpoint and metrics state:
 
 * the workers train in step: identical weights (each logs a checksum at stop), one checkpoint
   holding every partition's position, the group commit equal to it;
-* a stop (SIGTERM to any worker) stops the whole job cleanly, also while the topic is idle;
+* a stop (SIGTERM to any worker) stops the whole job cleanly, also while the topic is idle (then
+  no worker runs a step: ``stream_trainer_steps_total`` 0 on each, step and optimizer count 0 saved);
 * an idle worker never stalls the others (it joins steps with zero-weight rows, counted);
-* a lost worker (SIGKILL) makes the survivors exit 2 naming it (``worker N (host:port)``) within
-  ``DETECTION_BOUND_S``, and a restart of the job skips nothing, duplicates bounded as in the
-  single-process proof;
-* a restart with a different number of workers resumes every partition from the checkpoint;
+* a lost worker (SIGKILL, or SIGSTOP: hung) makes the survivors exit 2 in one line naming it
+  (``worker N (host:port)``) within a stated bound; the checkpoint is honest (its weights hold
+  exactly ``range(position)`` of every partition), and a restart re-trains exactly what the killed
+  job trained at or above the checkpoint's positions, skipping nothing; a small variant (kill,
+  honesty) runs in ``make test``;
+* a restart with a different number of workers resumes every partition from the checkpoint, and
+  every worker then holds the checkpoint's weights (the chief's broadcast) and the learning rate
+  of its own job's size;
 * chief-only work longer than the peer timeout (the first eval-topic read) and a two-worker
   rolling update (the new chief waiting to claim) lose no worker;
 * workers with different collective settings, and a worker started alone, exit 2 with one line.
