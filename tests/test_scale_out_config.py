@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,23 @@ def test_a_topic_with_fewer_partitions_than_workers_is_one_line_naming_both_numb
     wider = new_topic(4, "few")
     settings = load(None, {"topics.train": wider, "kafka.bootstrap_servers": cluster.kafka.bootstrap_servers})
     assert _my_partitions(cluster, settings, job) == ([1, 3], 4)  # p % workers == index
+
+
+def test_a_restore_keeps_the_learning_rate_of_this_jobs_size(tmp_path: Path) -> None:
+    # Keras saves the learning rate as an optimizer variable: a checkpoint of a 2-worker job
+    # (rate x sqrt 2) restored by one worker must not bring that rate back.
+    from stream_trainer.config import CheckpointConfig
+    from stream_trainer.learn.model import build_optimizer, build_unet
+    from stream_trainer.learn.workers import Workers
+    from stream_trainer.state.checkpoint import CheckpointStore
+
+    shape = ModelConfig(base_filters=4, depth=2)
+    cluster = ClusterConfig(learning_rate_scaling="sqrt")
+    saved_by = CheckpointStore(CheckpointConfig(dir=str(tmp_path)), build_unet(32, shape),
+                               build_optimizer(scaled_learning_rate(BASE, cluster, 2)), "t", Workers())
+    saved_by.save(3, {0: 5})
+    optimizer = build_optimizer(scaled_learning_rate(BASE, cluster, 1))
+    restored = CheckpointStore(CheckpointConfig(dir=str(tmp_path)), build_unet(32, shape), optimizer, "t", Workers())
+    found = restored.restore()
+    assert found is not None and found.step == 3 and found.offsets == {0: 5}
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.002)  # not 0.002 x sqrt 2

@@ -84,6 +84,9 @@ class CheckpointStore:
         # A loss-scaled optimizer (mixed_float16) is saved as the Adam inside it: the loss scale
         # re-learns in a few steps, and a job can move between fp16, bf16 and fp32 hosts.
         self._optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        # The learning rate is this job's setting (scaled for its worker count), not training state:
+        # a checkpoint written by a job with another number of workers must not bring back its own.
+        self._learning_rate = float(self._optimizer.learning_rate.numpy())
         self._ckpt = tf.train.Checkpoint(model=model, optimizer=self._optimizer, step=self.step, state=self.state)
         self.directory = cfg.dir if workers.is_chief else self._scratch(scratch_dir)
         self._manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=cfg.keep)
@@ -108,6 +111,7 @@ class CheckpointStore:
             self.state.data = shared["data"]
             found = self._restored(shared["path"])
         if found is not None:
+            self._optimizer.learning_rate = self._learning_rate
             self._last_step = found.step
         return found
 

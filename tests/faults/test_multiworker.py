@@ -5,12 +5,17 @@ must hold, from Kafka, checkpoint and metrics state:
 
 * the workers train in step: identical weights (each logs a checksum at stop), one checkpoint
   holding every partition's position, the group commit equal to it;
-* a stop (SIGTERM to any worker) stops the whole job cleanly, also while the topic is idle;
+* a stop (SIGTERM to any worker) stops the whole job cleanly, also while the topic is idle (then
+  no worker runs a step: ``stream_trainer_steps_total`` 0 on each, step and optimizer count 0 saved);
 * an idle worker never stalls the others (it joins steps with zero-weight rows, counted);
-* a lost worker (SIGKILL) makes the survivors exit 2 naming it (``worker N (host:port)``) within
-  ``DETECTION_BOUND_S``, and a restart of the job skips nothing, duplicates bounded as in the
-  single-process proof;
-* a restart with a different number of workers resumes every partition from the checkpoint;
+* a lost worker (SIGKILL, or SIGSTOP: hung) makes the survivors exit 2 in one line naming it
+  (``worker N (host:port)``) within a stated bound; the checkpoint is honest (its weights hold
+  exactly ``range(position)`` of every partition), and a restart re-trains exactly what the killed
+  job trained at or above the checkpoint's positions, skipping nothing; a small variant (kill,
+  honesty) runs in ``make test``;
+* a restart with a different number of workers resumes every partition from the checkpoint, and
+  every worker then holds the checkpoint's weights (the chief's broadcast) and the learning rate
+  of its own job's size;
 * chief-only work longer than the peer timeout (the first eval-topic read) and a two-worker
   rolling update (the new chief waiting to claim) lose no worker;
 * workers with different collective settings, and a worker started alone, exit 2 with one line.
@@ -18,7 +23,11 @@ must hold, from Kafka, checkpoint and metrics state:
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,8 +40,9 @@ from faultlib import (
     CHECKPOINT_EVERY,
     Program,
     Rig,
+    SavedCheckpoint,
+    TrainedLine,
     committed_offsets,
-    free_port,
     latest_checkpoint,
     log_ends,
     make_rig,
@@ -41,20 +51,33 @@ from faultlib import (
     read_trained,
     scrape,
 )
+from observed_trainer import checkpoint_checksum, optimizer_iterations
+from workerlib import (
+    PARTITIONS,
+    addresses,
+    assert_honest,
+    by_partition,
+    in_weights,
+    restored,
+    start_workers,
+)
 
-from stream_trainer.config import KafkaConfig
+from stream_trainer.config import KafkaConfig, ModelConfig
 from stream_trainer.kafka import Cluster
 from tests.pets import produce_pets
 
-PARTITIONS = 4
-# The peer timeout the job runs with: a lost worker must be noticed well within it.
-PEER_TIMEOUT_S = 30
 # After a kill a worker re-trains what it trained after the last checkpoint: at most one
 # checkpoint interval of its own batches (fresh rows are trained oldest first, in order).
 DUPLICATE_BOUND_PER_WORKER = CHECKPOINT_EVERY * BATCH
 # A killed worker: TensorFlow's coordination heartbeat notices it (measured 0.3-6.3 s before the
 # naming probe), then up to 2 s of probing which peers still answer, then the exit.
 DETECTION_BOUND_S = 20
+# A hung (SIGSTOPped) worker answers nothing: the survivor's collective fails at the peer timeout
+# or earlier, when TensorFlow's coordination service misses the hung worker's heartbeats
+# (measured 9.8 s for a hung worker, 12.5 s for a hung chief, with a 15 s peer timeout, load ~22
+# on 2 cores); the naming probe then waits up to 2 s for an answer, and the process exits.
+HUNG_PEER_TIMEOUT_S = 15
+HUNG_BOUND_S = HUNG_PEER_TIMEOUT_S + 15
 
 
 @pytest.fixture()
@@ -65,27 +88,6 @@ def job(tmp_path: Path, kafka_bootstrap: str, request: pytest.FixtureRequest) ->
         yield rig
     finally:
         rig.stop_all()
-
-
-def _addresses(count: int) -> list[str]:
-    return [f"127.0.0.1:{free_port()}" for _ in range(count)]
-
-
-def _workers(rig: Rig, count: int, run: str, addresses: list[str] | None = None, only: tuple[int, ...] = (),
-             **dotted: Any) -> list[tuple[Program, Path, int]]:
-    """Start ``count`` workers of one job (or ``only`` those); each gets its trained log and metrics port."""
-    addresses = addresses or _addresses(count)
-    started = []
-    for i in only or range(count):
-        log = rig.tmp / f"trained-{run}-w{i}.log"
-        port = free_port()
-        settings = rig.settings(**{"trainer__loop__trained_log": str(log), "trainer__metrics__port": port,
-                                   "trainer__cluster__workers": addresses if count > 1 else [],
-                                   "trainer__cluster__index": i, "trainer__cluster__peer_timeout_s": PEER_TIMEOUT_S,
-                                   "trainer__cluster__scratch_dir": str(rig.tmp / f"scratch-{run}-{i}"), **dotted})
-        config = rig.write_config(f"{run}-w{i}.yaml", settings)
-        started.append((rig.trainer(config, f"trainer-{run}-w{i}"), log, port))
-    return started
 
 
 def _checksums(program: Program) -> set[str]:
@@ -100,7 +102,7 @@ def _produce(rig: Rig, name: str, **dotted: Any) -> Program:
 def test_two_workers_train_in_step_and_checkpoint_every_partition(job: Rig) -> None:
     producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=240)
     assert producer.proc.wait(120) == 0, job.logs()
-    workers = _workers(job, 2, "a", trainer__loop__max_steps=25)
+    workers = start_workers(job, 2, "a", trainer__loop__max_steps=25)
     for program, _, _ in workers:
         assert program.proc.wait(240) == 0, f"{program.name} failed{job.logs()}"
     sums = [_checksums(p) for p, _, _ in workers]
@@ -113,6 +115,9 @@ def test_two_workers_train_in_step_and_checkpoint_every_partition(job: Rig) -> N
         counts = Counter((p, o) for p, o, _ in read_trained(log))
         for p in (i, i + 2):  # the checkpoint's position = exactly what was trained, in order
             assert final.positions[p] == len([1 for q, _ in counts if q == p]), (p, final)
+        assert all(n == 1 for n in counts.values()), f"worker {i} trained an offset twice"
+    # As sets: what both workers trained is exactly range(position) of every partition.
+    assert_honest({(p, o) for _, log, _ in workers for p, o, _ in read_trained(log)}, final)
     assert committed_offsets(job.bootstrap, job.group, job.topic, PARTITIONS) == final.positions
     # One job, one TensorBoard run: both workers are given the same tensorboard_dir, only the chief writes.
     events = [p.name for p in (job.tmp / "tensorboard").glob("events.out.tfevents.*")]
@@ -122,26 +127,35 @@ def test_two_workers_train_in_step_and_checkpoint_every_partition(job: Rig) -> N
 
 @pytest.mark.faults
 def test_sigterm_to_one_worker_stops_an_idle_job_with_one_checkpoint(job: Rig) -> None:
-    workers = _workers(job, 2, "idle")
+    workers = start_workers(job, 2, "idle")
     ports = [port for _, _, port in workers]
     # Both are in their loop once they vote (the collective histogram counts every vote).
     job.wait_until(lambda: all(metric(scrape(p), "stream_trainer_collective_seconds_count") > 3 for p in ports),
                    180, "both workers voting", alive=tuple(p for p, _, _ in workers))
+    # Every worker voted and nobody had a row: no worker ran a step (no optimizer update anywhere).
+    for i, port in enumerate(ports):
+        text = scrape(port)
+        assert metric(text, "stream_trainer_skipped_steps_total") > 0, f"worker {i}: no skipped vote in {text[:300]!r}"
+        assert re.search(r"^stream_trainer_steps_total(\{[^}]*\})? 0\.0$", text, re.M), (
+            f"worker {i} ran {metric(text, 'stream_trainer_steps_total')} steps in an idle job")
     t0 = time.monotonic()
     assert workers[1][0].stop(timeout_s=30) == 0, job.logs()
     assert workers[0][0].stop(timeout_s=30) == 0, job.logs()  # already on its way out
-    assert time.monotonic() - t0 < 10, f"the job took {time.monotonic() - t0:.1f} s to stop"
+    took = time.monotonic() - t0
     final = latest_checkpoint(job.checkpoint_dir)
     assert final is not None and final.positions == dict.fromkeys(range(PARTITIONS), 0)
+    assert final.step == 0, f"an idle job stepped: {final}"
+    assert optimizer_iterations(final.path) == 0, "the optimizer updated the weights of an idle job"
     chief = "".join(workers[0][0].output)
     assert chief.count("INFO stream_trainer.loop.train_loop: checkpoint ") == 1, "exactly one checkpoint"
     assert "stopped by another worker" in chief
+    assert took < 10, f"the job took {took:.1f} s to stop"
 
 
 @pytest.mark.faults
 @pytest.mark.slow
 def test_an_idle_worker_never_stalls_the_job_and_its_zero_weight_steps_are_counted(job: Rig) -> None:
-    workers = _workers(job, 2, "skew")
+    workers = start_workers(job, 2, "skew")
     ports = [port for _, _, port in workers]
     alive = tuple(p for p, _, _ in workers)
     job.wait_until(lambda: all(metric(scrape(p), "stream_trainer_collective_seconds_count") > 3 for p in ports),
@@ -171,35 +185,72 @@ def test_an_idle_worker_never_stalls_the_job_and_its_zero_weight_steps_are_count
         assert program.stop() == 0, job.logs()
 
 
+def _survivor_exits_naming(job: Rig, survivor: Program, victim: int, addrs: list[str], bound_s: float,
+                           since: float) -> float:
+    """The survivor exits exactly 2 within ``bound_s`` of ``since``, in one line naming the lost worker."""
+    try:
+        survivor.proc.wait(max(0.0, since + bound_s - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the surviving worker did not exit within {bound_s} s{job.logs()}")
+    took = time.monotonic() - since
+    assert survivor.stop() == 2, job.logs()  # already gone: this only collects the rest of its output
+    errors = [line for line in survivor.output if "stream-trainer: error:" in line]
+    assert len(errors) == 1 and f"lost worker {victim} ({addrs[victim]})" in errors[0], job.logs()
+    assert "Graph execution error" not in errors[0] and "still answering" not in errors[0], errors[0]
+    return took
+
+
+def _trained(logs: list[Path]) -> list[TrainedLine]:
+    return [line for log in logs for line in read_trained(log)]
+
+
+def _trained_past_a_checkpoint(job: Rig, logs: list[Path]) -> bool:
+    """A checkpoint exists and a later step trained rows: its honesty then has rows on both sides."""
+    ckpt = latest_checkpoint(job.checkpoint_dir)
+    return ckpt is not None and any(s > ckpt.step for _, _, s in _trained(logs))
+
+
+@pytest.mark.faults
+def test_a_lost_worker_stops_a_small_job_within_the_bound_with_an_honest_checkpoint(job: Rig) -> None:
+    # The fast variant (make test): 4 batches per partition produced up front, so each worker trains
+    # at least 8 steps, saves at step 5 and trains on past it; then worker 1 is killed.
+    for p in range(PARTITIONS):
+        produce_pets(job.bootstrap, job.topic, 4 * BATCH, seed=p, size=40, partition=p)
+    addrs = addresses(2)
+    workers = start_workers(job, 2, "fast", addrs)
+    logs = [log for _, log, _ in workers]
+    job.wait_until(lambda: _trained_past_a_checkpoint(job, logs), 180, "training past a checkpoint",
+                   alive=tuple(p for p, _, _ in workers))
+    workers[1][0].kill()
+    took = _survivor_exits_naming(job, workers[0][0], 1, addrs, DETECTION_BOUND_S, time.monotonic())
+    ckpt = latest_checkpoint(job.checkpoint_dir)
+    assert ckpt is not None and ckpt.step >= CHECKPOINT_EVERY, ckpt
+    assert_honest(in_weights(_trained(logs), ckpt), ckpt)
+    print(f"fast multi-worker kill: the chief exited 2 after {took:.1f} s; checkpoint step {ckpt.step}")
+
+
 @pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker", "chief"])
 def test_a_killed_worker_stops_the_job_and_a_restart_skips_nothing(job: Rig, victim: int) -> None:
     producer = _produce(job, "producer", producer__rate=20)
-    addresses = _addresses(2)
-    first = _workers(job, 2, "a", addresses)
+    addrs = addresses(2)
+    first = start_workers(job, 2, "a", addrs)
     logs_a = [log for _, log, _ in first]
     job.wait_until(lambda: all(len(read_trained(log)) >= 40 for log in logs_a), 240, "both workers training",
                    alive=(producer, *(p for p, _, _ in first)))
     job.wait_until(lambda: latest_checkpoint(job.checkpoint_dir), 120, "a checkpoint", alive=(producer,))
     first[victim][0].kill()
-    killed_at = time.monotonic()
-    survivor = first[1 - victim][0]
-    try:
-        survivor.proc.wait(DETECTION_BOUND_S)
-    except Exception:
-        pytest.fail(f"the surviving worker did not exit within {DETECTION_BOUND_S} s{job.logs()}")
-    detected_s = time.monotonic() - killed_at
-    assert survivor.proc.returncode == 2, job.logs()
-    last = [line for line in survivor.output if "stream-trainer: error:" in line]
-    assert last and f"lost worker {victim} ({addresses[victim]})" in last[-1], job.logs()
-    assert "Graph execution error" not in last[-1], last[-1]
+    detected_s = _survivor_exits_naming(job, first[1 - victim][0], victim, addrs, DETECTION_BOUND_S,
+                                        time.monotonic())
     ckpt = latest_checkpoint(job.checkpoint_dir)
     assert ckpt is not None
-    print(f"multi-worker kill of worker {victim}: survivor exited {survivor.proc.returncode} after "
-          f"{detected_s:.1f} s; checkpoint step {ckpt.step}; {last[-1].strip()}")
+    held = in_weights(_trained(logs_a), ckpt)
+    assert_honest(held, ckpt)
+    print(f"multi-worker kill of worker {victim}: survivor exited 2 after {detected_s:.1f} s; checkpoint step "
+          f"{ckpt.step}")
 
-    second = _workers(job, 2, "b")
+    second = start_workers(job, 2, "b")
     ends = log_ends(job.bootstrap, job.topic)
     logs_b = [log for _, log, _ in second]
     job.wait_until(lambda: not missing_offsets(Counter((p, o) for log in logs_b for p, o, _ in read_trained(log)),
@@ -207,7 +258,7 @@ def test_a_killed_worker_stops_the_job_and_a_restart_skips_nothing(job: Rig, vic
                    240, f"the restarted job to train everything below {ends}",
                    alive=(producer, *(p for p, _, _ in second)))
     for program, _, _ in second:
-        program.stop()
+        assert program.stop() == 0, job.logs()
     producer.stop()
     run_a = Counter((p, o) for log in logs_a for p, o, _ in read_trained(log))
     run_b = Counter((p, o) for log in logs_b for p, o, _ in read_trained(log))
@@ -216,6 +267,40 @@ def test_a_killed_worker_stops_the_job_and_a_restart_skips_nothing(job: Rig, vic
     assert not below, f"the restart trained offsets below the checkpoint: {below[:10]}"
     retrained = sum(1 for key in run_b if key in run_a)
     assert retrained <= 2 * DUPLICATE_BOUND_PER_WORKER, (retrained, ckpt)
+    # Exactly: the restart re-trained what the killed job trained at or above the checkpoint, and
+    # each partition's offsets from the checkpoint's position up to the final one, once each.
+    lost = {(p, o) for (p, o) in run_a if o >= ckpt.positions[p]}
+    assert set(run_b) & set(run_a) == lost, (sorted(lost ^ (set(run_b) & set(run_a)))[:20], ckpt)
+    assert all(n == 1 for n in run_b.values()), "the restarted job trained an offset twice"
+    final = latest_checkpoint(job.checkpoint_dir)
+    assert final is not None and final.step > ckpt.step
+    trained_b = by_partition(run_b)
+    for p in range(PARTITIONS):
+        assert trained_b.get(p, set()) == set(range(ckpt.positions[p], final.positions[p])), (p, ckpt, final)
+    assert_honest(held | set(run_b), final)
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker", "chief"])
+def test_a_hung_worker_stops_the_job_naming_it(job: Rig, victim: int) -> None:
+    # SIGSTOP: the process keeps its sockets (the kernel still accepts connections) but answers
+    # nothing: no closed connection tells the survivor, only a timeout can.
+    for p in range(PARTITIONS):
+        produce_pets(job.bootstrap, job.topic, 2 * BATCH, seed=p, size=40, partition=p)
+    addrs = addresses(2)
+    workers = start_workers(job, 2, "hung", addrs, trainer__cluster__peer_timeout_s=HUNG_PEER_TIMEOUT_S)
+    job.wait_until(lambda: all(read_trained(log) for _, log, _ in workers), 180, "both workers training",
+                   alive=tuple(p for p, _, _ in workers))
+    hung = workers[victim][0]
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        took = _survivor_exits_naming(job, workers[1 - victim][0], victim, addrs, HUNG_BOUND_S, time.monotonic())
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+        hung.kill()
+    print(f"worker {victim} stopped (SIGSTOP): the other exited 2 after {took:.1f} s "
+          f"(peer_timeout_s {HUNG_PEER_TIMEOUT_S})")
 
 
 @pytest.mark.faults
@@ -224,31 +309,61 @@ def test_a_restart_with_another_worker_count_resumes_every_partition_from_the_ch
     producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=300)
     assert producer.proc.wait(120) == 0, job.logs()
     trained: Counter[tuple[int, int]] = Counter()
-    previous = None
+    previous: SavedCheckpoint | None = None
+    expected: tuple[int, str, int] | None = None  # read before the next run's saves sweep it away
     for run, (count, steps) in enumerate([(2, 12), (1, 12), (2, 12)]):
-        workers = _workers(job, count, f"r{run}", trainer__loop__max_steps=steps)
+        # Each worker reports the weights it holds once restored (and broadcast): observed_trainer.py.
+        workers = start_workers(job, count, f"r{run}", observe=True, trainer__loop__max_steps=steps)
         for program, _, _ in workers:
             assert program.proc.wait(240) == 0, f"{program.name} failed{job.logs()}"
         output = "".join(line for program, _, _ in workers for line in program.output)
         if previous is not None:
             for p, offset in previous.positions.items():
                 assert f"partition {p} starts at offset {offset} (from checkpoint" in output, (run, p, output[-2000:])
+        _assert_restored_weights(job, f"r{run}", count, expected)
         run_lines = Counter((p, o) for _, log, _ in workers for p, o, _ in read_trained(log))
         if previous is not None:
             assert not [k for k in run_lines if k[1] < previous.positions[k[0]]], "trained below the checkpoint"
         trained += run_lines
-        previous = latest_checkpoint(job.checkpoint_dir)
-        assert previous is not None and sorted(previous.positions) == [0, 1, 2, 3]
+        saved = latest_checkpoint(job.checkpoint_dir)
+        assert saved is not None and sorted(saved.positions) == [0, 1, 2, 3]
+        # Each run trained, per partition, exactly the offsets from where it resumed to where it saved.
+        starts = previous.positions if previous is not None else dict.fromkeys(range(PARTITIONS), 0)
+        ran = by_partition(run_lines)
+        for p in range(PARTITIONS):
+            assert ran.get(p, set()) == set(range(starts[p], saved.positions[p])), (run, p, starts, saved)
+        previous = saved
+        expected = checkpoint_checksum(saved.path)
+        assert expected[0] == saved.step
+    assert previous is not None
     assert not missing_offsets(trained, previous.positions), "skipped offsets"
     assert sum(n - 1 for n in trained.values()) == 0, "a clean stop and restart duplicates nothing"
+
+
+def _assert_restored_weights(job: Rig, run: str, count: int, checkpoint: tuple[int, str, int] | None) -> None:
+    """Every worker of ``run`` held the same weights once restored: the checkpoint's (its ``checkpoint_checksum``),
+    or with no checkpoint the chief's new ones."""
+    held = [restored(job, run, i) for i in range(count)]
+    assert all(h == held[0] for h in held), f"{run}: the workers hold different weights after the restore: {held}"
+    # The learning rate is the job's own (trainer.cluster.learning_rate_scaling: sqrt), whatever the
+    # number of workers that wrote the checkpoint.
+    assert held[0].pop("learning_rate") == pytest.approx(ModelConfig().learning_rate * math.sqrt(count)), held
+    if checkpoint is None:
+        assert held[0]["step"] == 0, held
+        return
+    step, checksum, tensors = checkpoint
+    assert held[0] == {"step": step, "checksum": checksum, "tensors": tensors}, (
+        f"{run}: the weights after the restore are not the checkpoint's (step {step}, {checksum}, {tensors} tensors): "
+        f"{held}")
 
 
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_worker_started_alone_exits_2_naming_the_missing_worker(job: Rig) -> None:
     join_timeout_s = 10
-    addresses = _addresses(2)
-    [(alone, _, _)] = _workers(job, 2, "alone", addresses, only=(1,), trainer__cluster__join_timeout_s=join_timeout_s)
+    addrs = addresses(2)
+    [(alone, _, _)] = start_workers(job, 2, "alone", addrs, only=(1,),
+                                    trainer__cluster__join_timeout_s=join_timeout_s)
     job.wait_until(lambda: "for every worker to join" in "".join(alone.output), 120, "the worker waiting to join")
     waiting_at = time.monotonic()
     try:
@@ -258,18 +373,18 @@ def test_a_worker_started_alone_exits_2_naming_the_missing_worker(job: Rig) -> N
     print(f"lone worker exited {alone.proc.returncode} after {time.monotonic() - waiting_at:.1f} s")
     assert alone.proc.returncode == 2, job.logs()
     last = [line for line in alone.output if "stream-trainer: error:" in line]
-    assert len(last) == 1 and f"worker 0 ({addresses[0]}) did not join" in last[0], job.logs()
+    assert len(last) == 1 and f"worker 0 ({addrs[0]}) did not join" in last[0], job.logs()
 
 
 @pytest.mark.faults
 def test_workers_that_disagree_on_a_collective_setting_both_exit_2_naming_it(job: Rig) -> None:
-    addresses = _addresses(2)
-    workers = [*_workers(job, 2, "cfg0", addresses, only=(0,)),
-               *_workers(job, 2, "cfg1", addresses, only=(1,), trainer__replay__size_mib=0)]
+    addrs = addresses(2)
+    workers = [*start_workers(job, 2, "cfg0", addrs, only=(0,)),
+               *start_workers(job, 2, "cfg1", addrs, only=(1,), trainer__replay__size_mib=0)]
     for program, _, _ in workers:
         assert program.proc.wait(180) == 2, job.logs()
         last = [line for line in program.output if "stream-trainer: error:" in line]
-        assert len(last) == 1 and f"trainer.replay.size_mib (worker 1 ({addresses[1]}) differs" in last[0], last
+        assert len(last) == 1 and f"trainer.replay.size_mib (worker 1 ({addrs[1]}) differs" in last[0], last
         assert "trainer.model" not in last[0]
 
 
@@ -286,8 +401,9 @@ def test_chief_only_work_longer_than_the_peer_timeout_loses_no_worker(job: Rig) 
         cluster.close()
     producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=120)
     assert producer.proc.wait(120) == 0, job.logs()
-    workers = _workers(job, 2, "slow-chief", trainer__loop__max_steps=10, trainer__loop__eval_every_steps=1000,
-                       trainer__loop__eval_wait_s=3 * peer_timeout_s, trainer__cluster__peer_timeout_s=peer_timeout_s)
+    workers = start_workers(job, 2, "slow-chief", trainer__loop__max_steps=10, trainer__loop__eval_every_steps=1000,
+                            trainer__loop__eval_wait_s=3 * peer_timeout_s,
+                            trainer__cluster__peer_timeout_s=peer_timeout_s)
     for program, _, _ in workers:
         assert program.proc.wait(240) == 0, f"{program.name} failed{job.logs()}"
     assert "is empty; evaluation disabled" in "".join(workers[0][0].output)
@@ -300,11 +416,11 @@ def test_chief_only_work_longer_than_the_peer_timeout_loses_no_worker(job: Rig) 
 def test_a_two_worker_rolling_update_waits_for_the_old_job_and_takes_over_from_its_checkpoint(job: Rig) -> None:
     peer_timeout_s = 8
     producer = _produce(job, "producer", producer__rate=20)
-    old = _workers(job, 2, "old", trainer__cluster__peer_timeout_s=peer_timeout_s)
+    old = start_workers(job, 2, "old", trainer__cluster__peer_timeout_s=peer_timeout_s)
     logs_old = [log for _, log, _ in old]
     job.wait_until(lambda: all(len(read_trained(log)) >= 20 for log in logs_old), 240, "the old job training",
                    alive=(producer, *(p for p, _, _ in old)))
-    new = _workers(job, 2, "new", trainer__cluster__peer_timeout_s=peer_timeout_s)
+    new = start_workers(job, 2, "new", trainer__cluster__peer_timeout_s=peer_timeout_s)
     everyone = (producer, *(p for p, _, _ in old), *(p for p, _, _ in new))
     job.wait_until(lambda: "is in use by another trainer" in "".join(new[0][0].output), 180,
                    "the new chief waiting to claim", alive=everyone)
@@ -373,11 +489,12 @@ def test_two_workers_learn_as_well_as_one_from_the_same_images(job: Rig) -> None
     ious = {}
     for count in (1, 2):
         run = f"w{count}"
-        workers = _workers(job, count, run, trainer__replay__size_mib=0, trainer__source__group_id=f"{job.group}-{run}",
-                           trainer__checkpoint__dir=str(job.tmp / run / "ckpt"),
-                           trainer__checkpoint__export_dir=str(job.tmp / run / "export"),
-                           trainer__model__base_filters=8, trainer__model__learning_rate=0.003,
-                           trainer__pipeline__image_size=LEARN_PX, trainer__pipeline__batch_size=LEARN_BATCH)
+        workers = start_workers(job, count, run, trainer__replay__size_mib=0,
+                                trainer__source__group_id=f"{job.group}-{run}",
+                                trainer__checkpoint__dir=str(job.tmp / run / "ckpt"),
+                                trainer__checkpoint__export_dir=str(job.tmp / run / "export"),
+                                trainer__model__base_filters=8, trainer__model__learning_rate=0.003,
+                                trainer__pipeline__image_size=LEARN_PX, trainer__pipeline__batch_size=LEARN_BATCH)
         logs = [log for _, log, _ in workers]
         job.wait_until(lambda logs=logs: sum(len(read_trained(log)) for log in logs) >= total, 300,
                        f"{count} worker(s) to train all {total} images", alive=tuple(p for p, _, _ in workers))
