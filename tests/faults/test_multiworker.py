@@ -413,6 +413,29 @@ def test_chief_only_work_longer_than_the_peer_timeout_loses_no_worker(job: Rig) 
 
 @pytest.mark.faults
 @pytest.mark.slow
+def test_an_export_longer_than_the_peer_timeout_loses_no_worker(job: Rig) -> None:
+    # Every export of the chief (with its evaluation) is made three peer timeouts slower. The other
+    # worker joins it as a keep-alive round; were it to go on to its next vote instead, it would wait
+    # for the chief there and take it for lost. Checkpoints every 5 steps: exports before the end.
+    peer_timeout_s = 8
+    producer = _produce(job, "producer", producer__passes=1, producer__rate=0, producer__source__count=120)
+    assert producer.proc.wait(120) == 0, job.logs()
+    slow = ["--thread", "worker-0-exporting", "--call", "stream_trainer.serve.export:Publisher.publish",
+            "--kind", "slow", "--seconds", str(3 * peer_timeout_s)]
+    workers = start_workers(job, 2, "slow-export", faults={0: slow}, trainer__loop__max_steps=15,
+                            trainer__checkpoint__every_steps=5, trainer__checkpoint__every_seconds=0,
+                            trainer__checkpoint__export_dir=str(job.tmp / "export"),
+                            trainer__cluster__peer_timeout_s=peer_timeout_s)
+    for program, _, _ in workers:
+        assert program.proc.wait(300) == 0, f"{program.name} failed{job.logs()}"
+    assert "FAULT INJECTED (slow) in worker-0-exporting" in "".join(workers[0][0].output), job.logs()
+    final = latest_checkpoint(job.checkpoint_dir)
+    assert final is not None and final.step == 15
+    assert (job.tmp / "export" / "latest").is_dir()
+
+
+@pytest.mark.faults
+@pytest.mark.slow
 def test_a_two_worker_rolling_update_waits_for_the_old_job_and_takes_over_from_its_checkpoint(job: Rig) -> None:
     peer_timeout_s = 8
     producer = _produce(job, "producer", producer__rate=20)

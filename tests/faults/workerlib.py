@@ -37,8 +37,10 @@ def restored_file(rig: Rig, run: str, index: int) -> Path:
 
 
 def start_workers(rig: Rig, count: int, run: str, workers: list[str] | None = None, only: tuple[int, ...] = (),
-                  observe: bool = False, **dotted: Any) -> list[Worker]:
-    """Start ``count`` workers of one job (or ``only`` those); each gets its trained log and metrics port."""
+                  observe: bool = False, faults: dict[int, list[str]] | None = None, **dotted: Any) -> list[Worker]:
+    """Start ``count`` workers of one job (or ``only`` those); each gets its trained log and metrics port.
+
+    ``faults`` maps a worker index to ``faulty_trainer.py`` options: that worker runs with the fault."""
     workers = workers or addresses(count)
     started = []
     for i in only or range(count):
@@ -50,7 +52,9 @@ def start_workers(rig: Rig, count: int, run: str, workers: list[str] | None = No
                                    "trainer__cluster__scratch_dir": str(rig.tmp / f"scratch-{run}-{i}"), **dotted})
         config = rig.write_config(f"{run}-w{i}.yaml", settings)
         name = f"trainer-{run}-w{i}"
-        if observe:
+        if faults and i in faults:
+            program = rig.start(name, ["tests.faults.faulty_trainer", *faults[i], "--", "run", "--config", str(config)])
+        elif observe:
             program = rig.start(name, ["tests.faults.observed_trainer", "--restored", str(restored_file(rig, run, i)),
                                        "--", "run", "--config", str(config)])
         else:
