@@ -129,6 +129,8 @@ def _is_bench_worker(proc: Path, marker: bytes = b"stream-trainer-bench-scaleout
         return False
 
 
+@pytest.mark.faults
+@pytest.mark.slow  # make test-faults: a whole trainer's run (~100 s) outgrows make test's budget
 @pytest.mark.timeout(320)  # a whole trainer (import, traced step, export): ~100 s alone, ~190 s on busy cores
 def test_quick_memory_bench_samples_a_real_trainer_through_every_phase_in_order(
         kafka_bootstrap: str, tmp_path: Path) -> None:
