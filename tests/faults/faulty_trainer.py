@@ -11,7 +11,8 @@ error (``oom``, a message of several lines), never returns (``hang``) or returns
 ``--seconds`` more (``slow``: a slow disk, a long evaluation). Every other thread's
 calls go through unchanged. ``--set`` changes a module constant first (a shorter interval); with
 ``--set`` alone nothing is injected (a fault from outside the process, such as a revoked
-credential, found sooner). The line ``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
+credential, found sooner). ``--thread any`` injects into whichever thread calls. The line
+``FAULT INJECTED`` on stderr marks the moment. Then it is ``stream-trainer`` itself
 (``cli.entry``), exit path included.
 """
 
@@ -61,7 +62,7 @@ def inject(thread: str, call: str, kind: str, after: int, seconds: float = 0.0) 
 
     @functools.wraps(original)
     def faulty(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread().name == thread:
+        if thread in ("any", threading.current_thread().name):
             calls[0] += 1
             if calls[0] > after:
                 _fault(kind, thread, seconds)
