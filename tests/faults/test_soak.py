@@ -248,3 +248,40 @@ def test_chaos_soak_refuses_a_bad_worker_list_with_one_line(capsys: pytest.Captu
 
     assert main(["soak", "--chaos", "--workers", "1,zero", "--out", "/nonexistent/never-written"]) == 2
     assert "stream-trainer: error: --workers must list job sizes like 1,2" in capsys.readouterr().err
+
+
+def _child_of(started: list[subprocess.Popen[bytes]]) -> Callable[[], object]:
+    """Start a ``sleep`` that, like every broker node, dies with the thread that started it."""
+    from stream_trainer.workbench.broker.node import die_with_parent
+
+    def start() -> object:
+        started.append(subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent))
+        return started[-1].pid
+    return start
+
+
+@pytest.mark.faults
+def test_a_broker_restarted_by_a_fault_outlives_the_fault_thread(tmp_path: Path) -> None:
+    # The cause of a soak whose final read found no broker: a fault restarted it from its own
+    # thread, and Linux SIGTERMed it the moment that thread ended. On the soak's main thread it lives.
+    import threading
+
+    from stream_trainer.workbench.soak.chaos import Soak
+
+    soak = Soak(1, [1], 1, tmp_path)
+    direct: list[subprocess.Popen[bytes]] = []
+    via_main: list[subprocess.Popen[bytes]] = []
+    fault = threading.Thread(target=_child_of(direct))
+    fault.start()
+    fault.join()
+    fault = threading.Thread(target=lambda: soak.on_main(_child_of(via_main)))
+    fault.start()
+    soak._await_fault(fault, timeout_s=30)
+    try:
+        assert direct[0].wait(10) == -15  # SIGTERM: what the soak's broker got
+        with pytest.raises(subprocess.TimeoutExpired):  # started on the main thread: still alive
+            via_main[0].wait(3)
+    finally:
+        for p in direct + via_main:
+            p.kill()
+            p.wait()
