@@ -166,6 +166,27 @@ def test_chaos_verdict_a_leaked_reader_per_fault_fails_and_a_missing_gauge_is_nu
 
 
 @pytest.mark.faults
+def test_chaos_threads_are_judged_less_tensorflows_collective_watchdogs() -> None:
+    # A two-worker job: TensorFlow's watchdogs swing by hundreds with the round rate (two threads
+    # per collective op for peer_timeout_s), here faster rounds in the last quarter (a backlog after
+    # a fault); the process's own threads stay at 120.
+    def watchdogs(t: float) -> float:
+        return 600.0 + (300.0 if t >= 1350 else 0.0) + 50.0 * np.sin(t / 37.0)
+
+    def job(leak_per_fault: float) -> list[ChaosSample]:
+        return [ChaosSample(float(t), 0, w, 1000 + w, float(t), 700.0, 120 + watchdogs(t) + leak_per_fault * (t // 45),
+                            60, 2.0, 9.0, t, watchdogs(t)) for w in (0, 1) for t in range(0, 1800, 5)]
+    phases = [(0.0, 1800.0)]
+    flat = judge_resources(job(0.0), phases)["threads"]
+    assert flat["state"] == "flat", flat
+    assert flat["series"]["phase0/worker0"]["last_quarter_peak"] == pytest.approx(120.0)
+    assert judge_resources(job(1.0), phases)["threads"]["state"] == "growing"  # one thread kept per fault
+    raw = [ChaosSample(s.t_s, s.phase, s.worker, s.pid, s.up_s, s.rss_mib, s.threads, s.fds, s.consumers, s.traces,
+                       s.step) for s in job(0.0)]  # without the gauge the raw count is judged: a false alarm
+    assert judge_resources(raw, phases)["threads"]["state"] == "growing"
+
+
+@pytest.mark.faults
 def test_chaos_verdict_skipped_duplicated_and_dead_lettered_offsets() -> None:
     topic = {(p, o) for p in (0, 1) for o in range(50)}
     bad = {(0, 10): "poison", (1, 20): "jpeg_bomb"}

@@ -24,6 +24,10 @@ counts: a reader, its consumer and its sockets leaked per fault or per stall-wat
 as +1 per occurrence, so the peak may rise by at most 4 threads, 8 fds and 0 consumers, and the
 slope may be at most 10 threads, 20 fds and 2 consumers per hour (issue 20 measured a leak of 60
 consumers an hour). A gauge the trainer does not serve is null: "not recorded", never "flat".
+Threads are judged less TensorFlow's collective watchdogs (``stream_trainer_collective_watchdog_threads``;
+two sleeping threads per collective op for ``peer_timeout_s``, so ~850 in a two-worker job that
+votes a dozen rounds a second): those follow the round rate, up and down by hundreds, and would
+hide a leak of one thread per fault; what is left is ours and TensorFlow's pools.
 
 **Nothing lost, bounded duplicates, only malformed messages dead-lettered** (strict):
 
@@ -100,6 +104,11 @@ def judge_series(points: Sequence[tuple[float, float, float]], start_s: float, e
     return out
 
 
+def judged(sample: Sample, name: str) -> float | None:
+    """The value of ``name`` that is judged: threads less TensorFlow's collective watchdogs."""
+    return sample.own_threads if name == "threads" else getattr(sample, name)
+
+
 def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """Per resource: the verdict of every (phase, worker) series and the resource's overall state."""
     out: dict[str, Any] = {}
@@ -109,7 +118,7 @@ def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, flo
             workers = sorted({s.worker for s in samples if s.phase == index})
             for worker in workers:
                 points = [(s.t_s, s.up_s, float(v)) for s in samples
-                          if s.phase == index and s.worker == worker and (v := getattr(s, name)) is not None]
+                          if s.phase == index and s.worker == worker and (v := judged(s, name)) is not None]
                 if points:
                     series[f"phase{index}/worker{worker}"] = judge_series(points, start, end, tol)
         states = {v["state"] for v in series.values()}
