@@ -187,6 +187,28 @@ def test_chaos_threads_are_judged_less_tensorflows_collective_watchdogs() -> Non
 
 
 @pytest.mark.faults
+def test_chaos_resources_are_judged_between_added_partitions() -> None:
+    # One worker reading 6, then 8 partitions (added at 20.5 and 24.5 min): +1 consumer and +8
+    # threads per reader is what more partitions cost, not a leak; one consumer kept per fault is.
+    added = [1230.0, 1470.0]
+
+    def readers(t: float) -> int:
+        return 6 + sum(1 for a in added if t >= a + 10)  # a new reader starts within the metadata refresh
+
+    def run(leak_per_fault: float) -> list[ChaosSample]:
+        return [ChaosSample(float(t), 0, 0, 1000, float(t), 700.0, 40 + 8 * readers(t), 60 + 9 * readers(t),
+                            readers(t) + leak_per_fault * (t // 45), 9.0, t) for t in range(0, 1800, 5)]
+    phases = [(0.0, 1800.0)]
+    plain = judge_resources(run(0.0), phases)  # judged as one piece: the partitions look like a leak
+    assert plain["consumers"]["state"] == "growing", plain["consumers"]
+    pieces = judge_resources(run(0.0), phases, added)
+    assert {pieces[k]["state"] for k in ("threads", "fds", "consumers")} == {"flat"}, pieces
+    assert set(pieces["consumers"]["series"]) == {"phase0/worker0/from0.0min", "phase0/worker0/from20.5min",
+                                                  "phase0/worker0/from24.5min"}
+    assert judge_resources(run(1.0), phases, added)["consumers"]["state"] == "growing"
+
+
+@pytest.mark.faults
 def test_chaos_verdict_skipped_duplicated_and_dead_lettered_offsets() -> None:
     topic = {(p, o) for p in (0, 1) for o in range(50)}
     bad = {(0, 10): "poison", (1, 20): "jpeg_bomb"}

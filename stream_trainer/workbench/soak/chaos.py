@@ -310,7 +310,9 @@ class Soak:
         restarts = sum(job.restarts for job in self.jobs)
         bound = sum(job.restarts * job.size * CHECKPOINT_EVERY * BATCH for job in self.jobs)
         trained = ledger.trained(self._trained_logs())
-        resources = judge.judge_resources(self.samples, self.phases)
+        added = [f["t_s"] for f in self.fault_records
+                 if f["kind"] == "partitions_added" and f.get("ok") and "skipped" not in f]
+        resources = judge.judge_resources(self.samples, self.phases, added)
         messages = judge.judge_messages(self.topic, trained, self.stage.bad, self.letters, bound)
         missing = [f"fault {f['kind']} at {f['t_s']:.0f} s not injected: {f.get('error')}"
                    for f in self.fault_records if not f.get("ok")]
@@ -322,7 +324,7 @@ class Soak:
                 "producer_restarts": self.producer_restarts,
                 "duplicate_bound_per_restart": f"{CHECKPOINT_EVERY} steps x {BATCH} rows x workers",
                 "tolerances": {k: asdict(v) for k, v in judge.TOLERANCES.items()},
-                "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S,
+                "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S, "partitions_added_s": added,
                 "faults": self.fault_records, "exits": exits, "resources": resources, "messages": messages,
                 "transactional_messages": self.stage.transactional_offsets,
                 "verdict": judge.verdict(resources, messages, self.problems + missing),
