@@ -131,6 +131,9 @@ WORKERS = Gauge("stream_trainer_workers", "Workers in this training job.", regis
 FUNCTION_TRACES = Gauge(
     "stream_trainer_function_traces", "tf.function traces of this worker's training step and collectives "
     "since start; bounded, so flat after the first checkpoints.", registry=REGISTRY)
+COLLECTIVE_WATCHDOGS = Gauge(
+    "stream_trainer_collective_watchdog_threads", "Threads TensorFlow holds for this worker's collectives: one "
+    "per collective started within the last peer_timeout_s (0 for a trainer alone).", registry=REGISTRY)
 
 
 class _WithWorker(Collector):

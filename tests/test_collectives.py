@@ -94,6 +94,11 @@ _WORKER = textwrap.dedent("""
                 got = w.gather_json({"w": index, "pad": "x" * (n * 37 + index)})
                 assert [g["w"] for g in got] == [0, 1]
             out["traces_for_50_lengths"] = w.traces() - before
+            # TensorFlow's watchdog threads (one per collective, asleep for peer_timeout_s): counted
+            # right, they are all the threads the burst added, and they end with the timeout.
+            out["watchdogs"], out["threads"] = w.watchdogs(), len(os.listdir("/proc/self/task"))
+            time.sleep(2.5)
+            out["watchdogs_after"], out["threads_after"] = w.watchdogs(), len(os.listdir("/proc/self/task"))
             # The chief knows 2 partitions; worker 1 already found partition 3.
             own = {0: 5} if index == 0 else {1: 7, 3: 9}
             out["positions"] = w.gather_positions(own, 2)
@@ -148,6 +153,8 @@ def test_two_workers_gather_with_bounded_traces_keep_alive_and_keep_every_partit
         assert "error" not in r, r
         # 50 lengths, sizes vector and payload per gather: the payloads span 64 to 4096 values.
         assert r["traces_for_50_lengths"] <= 8, r
+        assert r["watchdogs"] >= 20 and r["watchdogs_after"] == 0, r
+        assert abs(r["threads"] - r["watchdogs"] - r["threads_after"]) <= 3, r
         assert r["positions"] == {"0": 5, "1": 7, "3": 9}, r
         assert r["peer_answers"] is True
         assert r["together"] is True and r["together_s"] >= 5.5, r

@@ -42,6 +42,7 @@ from stream_trainer.config import ClusterConfig, ModelConfig, Settings
 from stream_trainer.errors import ConfigError, PeerLostError
 from stream_trainer.learn import agreement, collectives
 from stream_trainer.learn.step import StepFn, input_signature
+from stream_trainer.learn.watchdogs import Watchdogs, collective_ops
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
@@ -90,6 +91,11 @@ class Workers:
         self.strategy = tf.distribute.get_strategy()
         self._step: Any = None
         metrics.FUNCTION_TRACES.set_function(self.traces)
+        metrics.COLLECTIVE_WATCHDOGS.set_function(self.watchdogs)
+
+    def watchdogs(self) -> int:
+        """TensorFlow's collective timeout threads alive now (``watchdogs.py``); none alone."""
+        return 0
 
     def traces(self) -> int:
         """tf.function traces of this worker's step and collectives so far (bounded)."""
@@ -168,6 +174,11 @@ class MultiWorkers(Workers):
         self._sum = collectives.SumOverWorkers(self.strategy)
         self._beat_s = min(1.0, cfg.peer_timeout_s / 4)
         self._other_traces = 0  # broadcast_variables' one-off function
+        self._watchdogs = Watchdogs(cfg.peer_timeout_s)
+        self._step_ops: int | None = None  # collective ops in one step, read from its graph
+
+    def watchdogs(self) -> int:
+        return self._watchdogs.alive()
 
     def traces(self) -> int:
         return super().traces() + self._sum.traces() + self._other_traces
@@ -184,6 +195,9 @@ class MultiWorkers(Workers):
 
     def step(self, image: Array, mask: Array, weight: Array, fresh: Array,
              total_weight: float) -> dict[str, Array]:
+        if self._step_ops is None:
+            self._step_ops = collective_ops(self._step)
+        self._watchdogs.started(self._step_ops)
         try:
             return super().step(image, mask, weight, fresh, total_weight)
         except tf.errors.OpError as exc:
@@ -196,6 +210,7 @@ class MultiWorkers(Workers):
         return result
 
     def sum_vector(self, values: Array, what: str = "sum") -> Array:
+        self._watchdogs.started(1)  # one all-reduce of one tensor
         try:
             return self._sum(np.asarray(values, np.int64), what, self.count)
         except tf.errors.OpError as exc:
@@ -275,6 +290,7 @@ class MultiWorkers(Workers):
             return [[strategy.experimental_local_results(t)[0] for t in group] for group in strategy.run(replica)]
 
         self._other_traces += 1  # once per start
+        self._watchdogs.started(len(groups))
         try:
             values = tf.function(gather)()
         except tf.errors.OpError as exc:

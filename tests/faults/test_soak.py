@@ -166,6 +166,49 @@ def test_chaos_verdict_a_leaked_reader_per_fault_fails_and_a_missing_gauge_is_nu
 
 
 @pytest.mark.faults
+def test_chaos_threads_are_judged_less_tensorflows_collective_watchdogs() -> None:
+    # A two-worker job: TensorFlow's watchdogs swing by hundreds with the round rate (two threads
+    # per collective op for peer_timeout_s), here faster rounds in the last quarter (a backlog after
+    # a fault); the process's own threads stay at 120.
+    def watchdogs(t: float) -> float:
+        return 600.0 + (300.0 if t >= 1350 else 0.0) + 50.0 * np.sin(t / 37.0)
+
+    def job(leak_per_fault: float) -> list[ChaosSample]:
+        return [ChaosSample(float(t), 0, w, 1000 + w, float(t), 700.0, 120 + watchdogs(t) + leak_per_fault * (t // 45),
+                            60, 2.0, 9.0, t, watchdogs(t)) for w in (0, 1) for t in range(0, 1800, 5)]
+    phases = [(0.0, 1800.0)]
+    flat = judge_resources(job(0.0), phases)["threads"]
+    assert flat["state"] == "flat", flat
+    assert flat["series"]["phase0/worker0"]["last_quarter_peak"] == pytest.approx(120.0)
+    assert judge_resources(job(1.0), phases)["threads"]["state"] == "growing"  # one thread kept per fault
+    raw = [ChaosSample(s.t_s, s.phase, s.worker, s.pid, s.up_s, s.rss_mib, s.threads, s.fds, s.consumers, s.traces,
+                       s.step) for s in job(0.0)]  # without the gauge the raw count is judged: a false alarm
+    assert judge_resources(raw, phases)["threads"]["state"] == "growing"
+
+
+@pytest.mark.faults
+def test_chaos_resources_are_judged_between_added_partitions() -> None:
+    # One worker reading 6, then 8 partitions (added at 20.5 and 24.5 min): +1 consumer and +8
+    # threads per reader is what more partitions cost, not a leak; one consumer kept per fault is.
+    added = [1230.0, 1470.0]
+
+    def readers(t: float) -> int:
+        return 6 + sum(1 for a in added if t >= a + 10)  # a new reader starts within the metadata refresh
+
+    def run(leak_per_fault: float) -> list[ChaosSample]:
+        return [ChaosSample(float(t), 0, 0, 1000, float(t), 700.0, 40 + 8 * readers(t), 60 + 9 * readers(t),
+                            readers(t) + leak_per_fault * (t // 45), 9.0, t) for t in range(0, 1800, 5)]
+    phases = [(0.0, 1800.0)]
+    plain = judge_resources(run(0.0), phases)  # judged as one piece: the partitions look like a leak
+    assert plain["consumers"]["state"] == "growing", plain["consumers"]
+    pieces = judge_resources(run(0.0), phases, added)
+    assert {pieces[k]["state"] for k in ("threads", "fds", "consumers")} == {"flat"}, pieces
+    assert set(pieces["consumers"]["series"]) == {"phase0/worker0/from0.0min", "phase0/worker0/from20.5min",
+                                                  "phase0/worker0/from24.5min"}
+    assert judge_resources(run(1.0), phases, added)["consumers"]["state"] == "growing"
+
+
+@pytest.mark.faults
 def test_chaos_verdict_skipped_duplicated_and_dead_lettered_offsets() -> None:
     topic = {(p, o) for p in (0, 1) for o in range(50)}
     bad = {(0, 10): "poison", (1, 20): "jpeg_bomb"}
@@ -220,6 +263,7 @@ def test_chaos_bombs_are_small_and_declare_billions_of_bytes() -> None:
 
 @pytest.mark.faults
 @pytest.mark.slow
+@pytest.mark.timeout(1600)  # the soak's own limit is 1500 s: 5 minutes, two start-ups, a drain of up to 300 s
 def test_five_minute_chaos_soak_passes_and_every_drawn_fault_happened(tmp_path: Path) -> None:
     seed = int(os.environ.get("FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
     print(f"chaos soak: FAULT_SEED={seed}")
@@ -248,3 +292,40 @@ def test_chaos_soak_refuses_a_bad_worker_list_with_one_line(capsys: pytest.Captu
 
     assert main(["soak", "--chaos", "--workers", "1,zero", "--out", "/nonexistent/never-written"]) == 2
     assert "stream-trainer: error: --workers must list job sizes like 1,2" in capsys.readouterr().err
+
+
+def _child_of(started: list[subprocess.Popen[bytes]]) -> Callable[[], object]:
+    """Start a ``sleep`` that, like every broker node, dies with the thread that started it."""
+    from stream_trainer.workbench.broker.node import die_with_parent
+
+    def start() -> object:
+        started.append(subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent))
+        return started[-1].pid
+    return start
+
+
+@pytest.mark.faults
+def test_a_broker_restarted_by_a_fault_outlives_the_fault_thread(tmp_path: Path) -> None:
+    # The cause of a soak whose final read found no broker: a fault restarted it from its own
+    # thread, and Linux SIGTERMed it the moment that thread ended. On the soak's main thread it lives.
+    import threading
+
+    from stream_trainer.workbench.soak.chaos import Soak
+
+    soak = Soak(1, [1], 1, tmp_path)
+    direct: list[subprocess.Popen[bytes]] = []
+    via_main: list[subprocess.Popen[bytes]] = []
+    fault = threading.Thread(target=_child_of(direct))
+    fault.start()
+    fault.join()
+    fault = threading.Thread(target=lambda: soak.on_main(_child_of(via_main)))
+    fault.start()
+    soak._await_fault(fault, timeout_s=30)
+    try:
+        assert direct[0].wait(10) == -15  # SIGTERM: what the soak's broker got
+        with pytest.raises(subprocess.TimeoutExpired):  # started on the main thread: still alive
+            via_main[0].wait(3)
+    finally:
+        for p in direct + via_main:
+            p.kill()
+            p.wait()

@@ -32,6 +32,8 @@ def die_with_parent() -> None:
 
     A test run killed by a timeout never reaches its fixture teardown; without this its broker
     (in its own session, so Ctrl-C does not reach it mid-shutdown) would run on forever.
+    Linux sends it when the *thread* that started the child ends, not the process: start a node
+    from a thread that outlives it (the chaos soak restarts its broker on its main thread).
     """
     if sys.platform.startswith("linux"):
         import ctypes

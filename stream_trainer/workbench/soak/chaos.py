@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,6 +118,7 @@ class Soak:
         self.topic: set[tuple[int, int]] = set()
         self.letters: dict[tuple[int, int], str] = {}
         self.phases: list[tuple[float, float]] = []
+        self._calls: queue.Queue[tuple[Callable[[], object], Future[object]]] = queue.Queue()
 
     def clock(self) -> float:
         return time.monotonic() - self.t0
@@ -156,6 +160,37 @@ class Soak:
     def _kill_trainer(self, rng: random.Random) -> str:
         return self.job.kill_one(rng) if self.job is not None else "no job"
 
+    def on_main(self, call: Callable[[], object]) -> object:
+        """Run ``call`` on the soak's main thread (which serves these between its rounds); its result.
+
+        For the broker's restart: a child started from a fault's thread gets SIGTERM from Linux as
+        soon as that thread ends (``die_with_parent``), which looks to every client like a broker
+        that went away again right after it came back.
+        """
+        if threading.current_thread() is threading.main_thread():
+            return call()
+        done: Future[object] = Future()
+        self._calls.put((call, done))
+        return done.result(timeout=300)
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                call, done = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.set_result(call())
+            except Exception as exc:  # noqa: BLE001 - handed to the fault that asked, which reports it
+                done.set_exception(exc)
+
+    def _await_fault(self, fault: threading.Thread | None, timeout_s: float = 180.0) -> None:
+        """Wait for the fault under way to end, serving what it asks of the main thread meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while fault is not None and fault.is_alive() and time.monotonic() < deadline:
+            self._serve_calls()
+            fault.join(0.2)
+
     # --- the run ---------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -171,7 +206,8 @@ class Soak:
               f"({self.duration_s / len(self.workers) / 60:.1f} min each), seed {self.seed}; output in {self.out}")
         print("soak: fault schedule: " + ", ".join(f"{t / 60:.1f} min {k}" for t, k in plan), flush=True)
         stage = faults.Stage(self.bootstrap, self.broker, self.topics["train"], self.topics["eval"],
-                             self.topics["dead_letter"], STALL_TIMEOUT_S, self._kill_trainer, self._save_dead_letters)
+                             self.topics["dead_letter"], STALL_TIMEOUT_S, self._kill_trainer, self._save_dead_letters,
+                             self.on_main)
         self.stage = stage
         rng = random.Random(self.seed + 1)
         threads = Threads()
@@ -194,6 +230,7 @@ class Soak:
                         self.problems.append(str(threads.failure()))
                         break
                     self.job.poll()
+                    self._serve_calls()
                     if producer.poll() is not None:
                         log.warning("soak: the producer exited with %s; restarting it", producer.returncode)
                         self.producer_restarts += 1
@@ -208,8 +245,7 @@ class Soak:
                         next_sample = now + SAMPLE_EVERY_S
                         self.samples.extend(self.job.samples(now))
                     time.sleep(0.5)
-                if fault is not None:
-                    fault.join(180)  # a phase changes (or the soak ends) with no fault under way
+                self._await_fault(fault)  # a phase changes (or the soak ends) with no fault under way
                 if phase + 1 < len(self.workers):
                     self._await_serving(self.job)
                     if not self.job.stop():
@@ -275,7 +311,9 @@ class Soak:
         restarts = sum(job.restarts for job in self.jobs)
         bound = sum(job.restarts * job.size * CHECKPOINT_EVERY * BATCH for job in self.jobs)
         trained = ledger.trained(self._trained_logs())
-        resources = judge.judge_resources(self.samples, self.phases)
+        added = [f["t_s"] for f in self.fault_records
+                 if f["kind"] == "partitions_added" and f.get("ok") and "skipped" not in f]
+        resources = judge.judge_resources(self.samples, self.phases, added)
         messages = judge.judge_messages(self.topic, trained, self.stage.bad, self.letters, bound)
         missing = [f"fault {f['kind']} at {f['t_s']:.0f} s not injected: {f.get('error')}"
                    for f in self.fault_records if not f.get("ok")]
@@ -287,7 +325,7 @@ class Soak:
                 "producer_restarts": self.producer_restarts,
                 "duplicate_bound_per_restart": f"{CHECKPOINT_EVERY} steps x {BATCH} rows x workers",
                 "tolerances": {k: asdict(v) for k, v in judge.TOLERANCES.items()},
-                "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S,
+                "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S, "partitions_added_s": added,
                 "faults": self.fault_records, "exits": exits, "resources": resources, "messages": messages,
                 "transactional_messages": self.stage.transactional_offsets,
                 "verdict": judge.verdict(resources, messages, self.problems + missing),

@@ -59,6 +59,7 @@ class Stage:
     stall_timeout_s: float
     kill_trainer: Callable[[random.Random], str]  # SIGKILLs one worker; says which
     save_dead_letters: Callable[[], int]  # reads the dead-letter topic into the soak's record
+    on_main: Callable[[Callable[[], object]], object]  # runs a call on the soak's main thread, waits for it
     # Offsets the soak wrote as poison or bomb: (partition, offset) -> kind. Written by delivery
     # callbacks, read at the end.
     bad: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -102,7 +103,9 @@ def _broker_kill(stage: Stage, rng: random.Random) -> dict[str, Any]:
     stage.broker.stop(kill=True)
     time.sleep(BROKER_DOWN_S)
     started = time.monotonic()
-    stage.broker.start()
+    # Not from this thread: the broker dies with the thread that started it (PR_SET_PDEATHSIG is
+    # per thread), and this one ends as soon as the fault returns.
+    stage.on_main(stage.broker.start)
     return {"down_s": BROKER_DOWN_S, "restart_s": round(time.monotonic() - started, 1)}
 
 

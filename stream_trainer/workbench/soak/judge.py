@@ -24,6 +24,10 @@ counts: a reader, its consumer and its sockets leaked per fault or per stall-wat
 as +1 per occurrence, so the peak may rise by at most 4 threads, 8 fds and 0 consumers, and the
 slope may be at most 10 threads, 20 fds and 2 consumers per hour (issue 20 measured a leak of 60
 consumers an hour). A gauge the trainer does not serve is null: "not recorded", never "flat".
+Threads are judged less TensorFlow's collective watchdogs (``stream_trainer_collective_watchdog_threads``;
+two sleeping threads per collective op for ``peer_timeout_s``, so ~850 in a two-worker job that
+votes a dozen rounds a second): those follow the round rate, up and down by hundreds, and would
+hide a leak of one thread per fault; what is left is ours and TensorFlow's pools.
 
 **Nothing lost, bounded duplicates, only malformed messages dead-lettered** (strict):
 
@@ -37,6 +41,7 @@ consumers an hour). A gauge the trainer does not serve is null: "not recorded", 
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,18 +105,39 @@ def judge_series(points: Sequence[tuple[float, float, float]], start_s: float, e
     return out
 
 
-def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, float]]) -> dict[str, Any]:
-    """Per resource: the verdict of every (phase, worker) series and the resource's overall state."""
+def judged(sample: Sample, name: str) -> float | None:
+    """The value of ``name`` that is judged: threads less TensorFlow's collective watchdogs."""
+    return sample.own_threads if name == "threads" else getattr(sample, name)
+
+
+def segments(start_s: float, end_s: float, partition_changes: Sequence[float]) -> list[tuple[float, float]]:
+    """The phase cut where a partition was added: a new reader brings its consumer, threads and sockets."""
+    cuts = [start_s, *sorted(c for c in partition_changes if start_s < c < end_s), end_s]
+    return list(itertools.pairwise(cuts))
+
+
+def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, float]],
+                    partition_changes: Sequence[float] = ()) -> dict[str, Any]:
+    """Per resource: the verdict of every (phase, worker) series and the resource's overall state.
+
+    A series is judged piecewise between the moments a partition was added (``partition_changes``,
+    seconds): more partitions mean more readers, each with its librdkafka consumer, threads and
+    sockets, which is growth by design; within a piece the count of partitions is fixed and
+    anything that grows is a leak. A piece starts with its own warm-up.
+    """
     out: dict[str, Any] = {}
     for name, tol in TOLERANCES.items():
         series: dict[str, Any] = {}
         for index, (start, end) in enumerate(phases):
             workers = sorted({s.worker for s in samples if s.phase == index})
-            for worker in workers:
-                points = [(s.t_s, s.up_s, float(v)) for s in samples
-                          if s.phase == index and s.worker == worker and (v := getattr(s, name)) is not None]
+            pieces = segments(start, end, partition_changes)
+            for worker, (a, b) in itertools.product(workers, pieces):
+                points = [(s.t_s, s.up_s if a == start else min(s.up_s, s.t_s - a), float(v)) for s in samples
+                          if s.phase == index and s.worker == worker and a <= s.t_s < b
+                          and (v := judged(s, name)) is not None]
                 if points:
-                    series[f"phase{index}/worker{worker}"] = judge_series(points, start, end, tol)
+                    key = f"phase{index}/worker{worker}" + (f"/from{a / 60:.1f}min" if len(pieces) > 1 else "")
+                    series[key] = judge_series(points, a, b, tol)
         states = {v["state"] for v in series.values()}
         if not series:
             state = "not_recorded"

@@ -14,6 +14,7 @@ from pathlib import Path
 MIB = 1024 * 1024
 CONSUMERS = "stream_trainer_kafka_consumers"  # live librdkafka consumers in the process
 TRACES = "stream_trainer_function_traces"  # tf.function traces so far
+WATCHDOGS = "stream_trainer_collective_watchdog_threads"  # TensorFlow's sleeping collective timeout threads
 STEP = "stream_trainer_global_step"
 
 
@@ -32,6 +33,15 @@ class Sample:
     consumers: float | None
     traces: float | None
     step: float | None
+    watchdogs: float | None = None  # of ``threads``: TensorFlow's, one pair per recent collective op
+
+    @property
+    def own_threads(self) -> float | None:
+        """Threads less TensorFlow's collective watchdogs: what follows the round rate is taken out,
+        what is left must stay flat (``learn/watchdogs.py``). Raw threads when the gauge is not served."""
+        if self.threads is None or self.watchdogs is None:
+            return self.threads
+        return self.threads - self.watchdogs
 
 
 def _status(pid: int) -> tuple[float | None, int | None]:
@@ -71,4 +81,5 @@ def sample(t_s: float, phase: int, worker: int, pid: int, up_s: float, metrics_p
     rss, threads = _status(pid)
     page = scrape(metrics_port)
     return Sample(round(t_s, 1), phase, worker, pid, round(up_s, 1), None if rss is None else round(rss, 1),
-                  threads, _fds(pid), gauge(page, CONSUMERS), gauge(page, TRACES), gauge(page, STEP))
+                  threads, _fds(pid), gauge(page, CONSUMERS), gauge(page, TRACES), gauge(page, STEP),
+                  gauge(page, WATCHDOGS))

@@ -1,6 +1,7 @@
 """The chaos soak's figure and its printed verdict.
 
-One panel per resource (RSS, threads, open fds, librdkafka consumers, tf.function traces, step)
+One panel per resource (RSS, threads less TensorFlow's collective watchdogs with the raw count
+faint behind, open fds, librdkafka consumers, tf.function traces, step)
 over time, one line per worker, every fault a labelled vertical line, every phase change a thick
 one; a resource the trainer does not serve is drawn as an empty panel saying so.
 """
@@ -12,10 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stream_trainer.workbench.soak.judge import judged
 from stream_trainer.workbench.soak.probe import Sample
 
-PANELS = (("rss_mib", "RSS (MiB)"), ("threads", "threads"), ("fds", "open fds"),
-          ("consumers", "librdkafka consumers"), ("traces", "tf.function traces"), ("step", "global step"))
+PANELS = (("rss_mib", "RSS (MiB)"), ("threads", "threads less TF's\ncollective watchdogs\n(faint: all)"),
+          ("fds", "open fds"), ("consumers", "librdkafka consumers"), ("traces", "tf.function traces"),
+          ("step", "global step"))
 SHORT = {"broker_kill": "broker kill", "broker_pause": "broker pause", "poison_burst": "poison",
          "bomb_burst": "bombs", "transactional_producer": "txn producer", "partitions_added": "+partition",
          "eval_topic_emptied": "eval emptied", "dead_letter_unwritable": "DLQ gone", "trainer_kill": "trainer kill"}
@@ -35,7 +38,11 @@ def plot(samples: Sequence[Sample], faults: Sequence[dict[str, Any]], phases: Se
         drawn = False
         for phase, worker in series:
             pts = [(s.t_s / 60, v) for s in samples if s.phase == phase and s.worker == worker
+                   and (v := judged(s, field)) is not None]
+            raw = [(s.t_s / 60, v) for s in samples if s.phase == phase and s.worker == worker
                    and (v := getattr(s, field)) is not None]
+            if field == "threads" and raw != pts:  # the raw count, TensorFlow's watchdogs included
+                ax.plot(*zip(*raw, strict=True), ".", ms=1.5, color=colors.get(worker, "k"), alpha=0.25)
             if pts:
                 drawn = True
                 ax.plot(*zip(*pts, strict=True), ".", ms=2.5, color=colors.get(worker, "k"),
