@@ -87,12 +87,7 @@ def tfio_properties(kafka: KafkaConfig) -> list[str]:
     _check_protocol_and_mechanism(client)
     out = list(TFIO_FIXED)
     for key, value in client.items():
-        if key in props.OWNED:
-            use = props.OWNED[key]
-            instead = use.removeprefix("nothing: ") if use.startswith("nothing") else f"use '{use}' instead"
-            raise _refuse(key, f"is set by stream-trainer itself; remove it ({instead})")
-        if key in props.CALLBACKS:
-            raise _refuse(key, "is a callback, which a config file cannot provide; remove it")
+        _refuse_ours(key)
         if key in props.KERBEROS:
             raise _refuse(key, "is a Kerberos setting; tensorflow-io's librdkafka is built without "
                                "GSSAPI/Kerberos, use SASL mechanism SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
@@ -184,17 +179,22 @@ def check_values(kafka: KafkaConfig) -> None:
                                f"write the number alone, in the unit the name says")
 
 
+def _refuse_ours(key: str) -> None:
+    """What no client of ours may be given, whichever reader: a property the trainer sets itself, a callback."""
+    if key in props.OWNED:
+        use = props.OWNED[key]
+        instead = use.removeprefix("nothing: ") if use.startswith("nothing") else f"use '{use}' instead"
+        raise _refuse(key, f"is set by stream-trainer itself; remove it ({instead})")
+    if key in props.CALLBACKS:
+        raise _refuse(key, "is a callback, which a config file cannot provide; remove it")
+
+
 def confluent_properties(kafka: KafkaConfig) -> dict[str, str]:
     """``kafka.client`` for the confluent-kafka reader: every property, after refusing what no
     client of ours may be given (see the module docstring). Raises ConfigError in one line."""
     client = kafka.client
     for key in client:
-        if key in props.OWNED:
-            use = props.OWNED[key]
-            instead = use.removeprefix("nothing: ") if use.startswith("nothing") else f"use '{use}' instead"
-            raise _refuse(key, f"is set by stream-trainer itself; remove it ({instead})")
-        if key in props.CALLBACKS:
-            raise _refuse(key, "is a callback, which a config file cannot provide; remove it")
+        _refuse_ours(key)
     protocol = client.get("security.protocol", "plaintext").strip().lower()
     if protocol not in PROTOCOLS:
         refused = _refuse("security.protocol", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
