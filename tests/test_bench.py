@@ -107,6 +107,8 @@ def test_quick_learning_bench_trains_the_same_images_with_and_without_replay(
     assert len(results["targets"]) == 6
 
 
+@pytest.mark.faults
+@pytest.mark.slow  # make test-faults: two worker processes (~30 s) outgrow make test's budget
 @pytest.mark.timeout(200)
 def test_quick_scaleout_bench_measures_both_jobs_and_leaves_no_worker_running(
         kafka_bootstrap: str, tmp_path: Path) -> None:
