@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     # fault suite (tests/faults/conftest.py) decides what it means.
     parser.addoption("--run-faults", action="store_true", default=False,
                      help="also run the slow fault-injection scenarios (make test-faults)")
+
+
+@pytest.fixture(autouse=True)
+def _keras_policy_restored() -> Iterator[None]:
+    """Every test starts in float32: a trainer run in-process sets Keras's process-wide dtype policy
+    (learn/precision.py), and a later test's model would silently be built in mixed precision."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.config.set_dtype_policy("float32")
 
 
 @pytest.fixture(scope="session")
