@@ -109,13 +109,18 @@ def tfio_properties(kafka: KafkaConfig) -> list[str]:
     return out
 
 
-def _check_protocol_and_mechanism(client: dict[str, str]) -> None:
+def _protocol_and_mechanism(client: dict[str, str]) -> tuple[str, str, str]:
+    """The protocol (refused unless Kafka knows it), the key that names the SASL mechanism and its value."""
     protocol = client.get("security.protocol", "plaintext").strip().lower()
     if protocol not in PROTOCOLS:
         refused = _refuse("security.protocol", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
         raise refused
     key = "sasl.mechanism" if "sasl.mechanism" in client else "sasl.mechanisms"
-    mechanism = client.get(key, "").strip().upper()
+    return protocol, key, client.get(key, "").strip().upper()
+
+
+def _check_protocol_and_mechanism(client: dict[str, str]) -> None:
+    protocol, key, mechanism = _protocol_and_mechanism(client)
     if mechanism == "GSSAPI":
         why = ("is GSSAPI, but tensorflow-io's librdkafka is built without GSSAPI/Kerberos; "
                "use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
@@ -193,14 +198,9 @@ def confluent_properties(kafka: KafkaConfig) -> dict[str, str]:
     """``kafka.client`` for the confluent-kafka reader: every property, after refusing what no
     client of ours may be given (see the module docstring). Raises ConfigError in one line."""
     client = kafka.client
-    for key in client:
-        _refuse_ours(key)
-    protocol = client.get("security.protocol", "plaintext").strip().lower()
-    if protocol not in PROTOCOLS:
-        refused = _refuse("security.protocol", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
-        raise refused
-    key = "sasl.mechanism" if "sasl.mechanism" in client else "sasl.mechanisms"
-    mechanism = client.get(key, "").strip().upper()
+    for name in client:
+        _refuse_ours(name)
+    _, key, mechanism = _protocol_and_mechanism(client)
     if mechanism and mechanism not in CONFLUENT_MECHANISMS:
         raise _refuse(key, f"must be one of {', '.join(sorted(CONFLUENT_MECHANISMS))}")
     return dict(client)
