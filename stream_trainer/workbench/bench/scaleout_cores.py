@@ -49,17 +49,19 @@ class Placement:
 
     def describe(self, broker: str) -> dict[str, Any]:
         """The placement for the report; ``broker`` is "local" (started by the bench) or "external"."""
+        who = {"local": "the broker (started by the bench) and the bench process",
+               "external": "the bench process"}[broker]
         if self.others:
-            rest = f"cores {cpu_list(self.others)}, which no worker uses"
+            where = f"{who} on cores {cpu_list(self.others)}, which no worker uses"
         else:
-            rest = (f"no core is left over ({len(self.usable)} usable, {len(self.workers)} x "
-                    f"{self.cores_per_worker} for the workers): unpinned, sharing cores {cpu_list(self.usable)} "
-                    f"with the workers")
-        where = {"local": f"the broker (started by the bench) and the bench process on {rest}",
-                 "external": f"the bench process on {rest}; the broker is external (not placed by the bench)"}
+            where = (f"{who} unpinned: no core is left over ({len(self.usable)} usable, {len(self.workers)} x "
+                     f"{self.cores_per_worker} for the workers), so they share cores {cpu_list(self.usable)} with "
+                     f"the workers")
+        if broker == "external":
+            where += "; the broker is external (not placed by the bench)"
         return {"cores_per_worker": self.cores_per_worker, "usable": cpu_list(self.usable),
                 "workers": [cpu_list(c) for c in self.workers], "others": cpu_list(self.others),
-                "shared": where[broker]}
+                "shared": where}
 
 
 def plan(counts: list[int], cores_per_worker: int, usable: list[int] | None = None) -> Placement:

@@ -69,8 +69,8 @@ def per_core_markdown(results: dict[str, Any]) -> str:
              f"{w['batch_size_per_worker']} per worker; replay store {w['replay_size_mib']:g} MiB as configured; "
              f"rates over a {cut(jobs[str(counts[0])]['window_s'], 1)} s steady window from each worker's /metrics.  ",
              f"Placement: each worker on its own {k} core{'s' if k > 1 else ''} "
-             f"({'; '.join(f'worker {i}: {c}' for i, c in enumerate(place['workers']))}) with {k} TensorFlow "
-             f"intra-op and inter-op threads and {k} decode threads, the 1-worker baseline on worker 0's; "
+             f"({'; '.join(f'worker {i}: {c}' for i, c in enumerate(place['workers']))}; the 1-worker baseline "
+             f"on worker 0's), TF_NUM_INTRAOP_THREADS = TF_NUM_INTEROP_THREADS = decode_threads = {k}; "
              f"{place['shared']}.",
              "",
              "| replay | workers | fresh images/s | rows/s | steps/s | step ms | vote ms/step | gradient all-reduce ms "
@@ -175,7 +175,8 @@ def per_core_chart(results: dict[str, Any], path: Path) -> None:
     rates.set_xticks(range(len(counts)), [f"{n} x {results['placement']['cores_per_worker']} cores" for n in counts])
     rates.set_ylabel("fresh images/s, whole job (dashed: N x one worker)")
     rates.set_title("Throughput (per-core efficiency in brackets)", fontsize=10)
-    rates.legend(fontsize=8)
+    rates.set_ylim(0, rates.get_ylim()[1] * 1.15)
+    rates.legend(fontsize=8, loc="upper left")
     multi = [r for r in rows if r["workers"] > 1]
     xs = list(range(len(multi)))
     for offset, (key, label, colour) in enumerate([("vote_s_per_step", "vote", "#e6550d"),
@@ -186,7 +187,8 @@ def per_core_chart(results: dict[str, Any], path: Path) -> None:
     times.set_xticks(xs, [f"{r['workers']} workers\nreplay {r['replay']}" for r in multi], fontsize=8)
     times.set_ylabel("ms per step")
     times.set_title("What distribution costs per step", fontsize=10)
-    times.legend(fontsize=8)
+    times.set_ylim(0, times.get_ylim()[1] * 1.3)
+    times.legend(fontsize=8, loc="upper left", ncols=3)
     fig.suptitle(textwrap.fill(f"stream-trainer bench (scale-out, per core): {results['placement']['shared']}",
                                150), fontsize=8)
     fig.tight_layout()
