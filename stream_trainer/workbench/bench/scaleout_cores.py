@@ -52,7 +52,7 @@ class Placement:
         who = {"local": "the broker (started by the bench) and the bench process",
                "external": "the bench process"}[broker]
         if self.others:
-            where = f"{who} on cores {cpu_list(self.others)}, which no worker uses"
+            where = f"{who} on core{'s' * (len(self.others) > 1)} {cpu_list(self.others)}, which no worker uses"
         else:
             where = (f"{who} unpinned: no core is left over ({len(self.usable)} usable, {len(self.workers)} x "
                      f"{self.cores_per_worker} for the workers), so they share cores {cpu_list(self.usable)} with "

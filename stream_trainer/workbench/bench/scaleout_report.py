@@ -83,11 +83,12 @@ def per_core_markdown(results: dict[str, Any]) -> str:
                      f"{_ratio(r['rows_efficiency'])} | {', '.join(str(x) for x in r['peak_rss_mib'])} |")
     lines += ["", f"Per-core efficiency: fresh images/s of N workers / (N x those of one worker on the same {k} "
               "core(s)); rows efficiency the same with fresh + replayed rows. Vote: the per-step all-reduce every "
-              "worker joins before it steps (`stream_trainer_collective_seconds`). Gradient all-reduce: the step's "
-              "all-reduce of the gradients, timed on its own by N processes on the workers' cores (median of "
-              + ", ".join(f"{a['rounds']} rounds of {cut(a['payload_bytes'] / 1e6, 2)} MB in {a['tensors']} "
-                          f"float32 tensors" for a in list(ar.values())[:1])
-              + "). Step ms added: a multi-worker step's mean minus one worker's: the gradient all-reduce and "
+              "worker joins before it steps (`stream_trainer_collective_seconds`). "
+              + "".join(f"Gradient all-reduce: the step's all-reduce of the gradients, timed on its own by N "
+                        f"processes on the workers' cores (median of {a['rounds']} rounds of "
+                        f"{cut(a['payload_bytes'] / 1e6, 2)} MB in {a['tensors']} float32 tensors). "
+                        for a in list(ar.values())[:1])
+              + "Step ms added: a multi-worker step's mean minus one worker's: the gradient all-reduce and "
               "the wait in it for the slower peer."]
     return "\n".join(lines) + "\n"
 
