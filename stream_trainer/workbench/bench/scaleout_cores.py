@@ -54,8 +54,9 @@ class Placement:
         if self.others:
             where = f"{who} on core{'s' * (len(self.others) > 1)} {cpu_list(self.others)}, which no worker uses"
         else:
+            share = "they share" if broker == "local" else "it shares"
             where = (f"{who} unpinned: no core is left over ({len(self.usable)} usable, {len(self.workers)} x "
-                     f"{self.cores_per_worker} for the workers), so they share cores {cpu_list(self.usable)} with "
+                     f"{self.cores_per_worker} for the workers), so {share} cores {cpu_list(self.usable)} with "
                      f"the workers")
         if broker == "external":
             where += "; the broker is external (not placed by the bench)"
