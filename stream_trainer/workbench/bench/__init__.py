@@ -12,7 +12,8 @@ Scenarios, each writing ``<scenario>.json``, ``<scenario>.png`` and ``<scenario>
 * ``memory`` (``--scenario memory``; issue 23): a ``stream-trainer run`` process's RSS and
   threads phase by phase, at several partition counts and with each reader (``memory.py``);
 * ``scaleout`` (``--workers 1,2``; issue 12): ``stream-trainer run`` processes training one
-  model together, measured from their own /metrics (``scaleout.py``).
+  model together, measured from their own /metrics (``scaleout.py``); with
+  ``--cores-per-worker K`` (issue 23) each on its own K cores, reported per core.
 
 The broker: ``--bootstrap`` / ``KAFKA_BOOTSTRAP``, else a local Kafka 3.9.1 started for the run.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_trainer import config as settings_config
+from stream_trainer.errors import ConfigError
 from stream_trainer.workbench.bench import config as bench_config
 from stream_trainer.workbench.broker import KAFKA_VERSION, LocalBroker
 
@@ -57,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
                  **dict(args.settings or [])}
     settings, bench = bench_config.load(args.config, quick=args.quick, overrides=overrides)
     scenario = scenario_of(args)
+    placement = _placement(args, scenario)  # before the broker starts: a K that does not fit is refused at once
     logging.getLogger("tensorflow").addFilter(_NoRetraceWarning())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
         if scenario == "scaleout":
             from stream_trainer.workbench.bench import scaleout
 
-            results = scaleout.run(settings, bench, args.workers, command)
+            results = scaleout.run(settings, bench, args.workers, command, placement)
         elif scenario == "learning":
             from stream_trainer.workbench.bench import learning
 
@@ -91,6 +94,19 @@ def main(args: argparse.Namespace) -> int:
             broker.stop()
             shutil.rmtree(workdir, ignore_errors=True)  # type: ignore[arg-type]
     return 0
+
+
+def _placement(args: argparse.Namespace, scenario: str) -> Any:
+    """The workers' cores for ``--cores-per-worker`` (None without it); ConfigError where it cannot apply."""
+    k = getattr(args, "cores_per_worker", None)
+    if k is None:
+        return None
+    if scenario != "scaleout":
+        msg = "--cores-per-worker applies to the scale-out scenario only: add --workers, e.g. --workers 1,2"
+        raise ConfigError(msg)
+    from stream_trainer.workbench.bench import scaleout_cores
+
+    return scaleout_cores.plan(args.workers, k)
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
@@ -118,6 +134,8 @@ def _command(args: argparse.Namespace, scenario: str) -> str:
         parts.append(f"--scenario {scenario}")
     if scenario == "scaleout":
         parts.append("--workers " + ",".join(str(n) for n in args.workers))
+        if getattr(args, "cores_per_worker", None) is not None:
+            parts.append(f"--cores-per-worker {args.cores_per_worker}")
     for key, value in args.settings or []:
         parts.append(f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}")
     if args.quick:

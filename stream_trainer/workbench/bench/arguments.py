@@ -20,6 +20,18 @@ def workers_list(text: str) -> list[int]:
     return counts
 
 
+def cores_count(text: str) -> int:
+    """``"2"`` -> 2; whether it fits the host is checked against ``--workers`` before anything starts."""
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        msg = f"--cores-per-worker takes a number of cores >= 1, e.g. 2 (got {text!r})"
+        raise argparse.ArgumentTypeError(msg)
+    return k
+
+
 def setting(text: str) -> tuple[str, object]:
     """``"trainer.replay.fraction=0.5"`` -> ``("trainer.replay.fraction", 0.5)``; the value is read as YAML."""
     import yaml
@@ -44,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or memory (issue 23: a trainer's RSS and threads, phase by phase)")
     parser.add_argument("--workers", type=workers_list, default=None, metavar="N,M",
                         help="scale-out (issue 12): train with each number of worker processes, e.g. 1,2")
+    parser.add_argument("--cores-per-worker", type=cores_count, default=None, metavar="K",
+                        help="with --workers: pin each worker (the 1-worker baseline too) to its own K cores with "
+                             "K TensorFlow threads, and report per-core efficiency, replay on and off, and the "
+                             "gradient all-reduce time (issue 23)")
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE", dest="settings",
                         help="override one config key after --config and --quick, e.g. trainer.replay.fraction=0.5 "
                              "(repeatable; the report's command line lists them)")
