@@ -24,7 +24,15 @@ from stream_trainer.workbench.bench import scenario_of
 from stream_trainer.workbench.bench.arguments import workers_list
 from stream_trainer.workbench.bench.learning import targets as learning_targets
 from stream_trainer.workbench.bench.learning_parts import plateaued
-from stream_trainer.workbench.bench.memory import EVENTS, Sample, per_partition_cost, phases
+from stream_trainer.workbench.bench.memory import (
+    EVENTS,
+    Sample,
+    backlog_counts,
+    per_partition_cost,
+    phases,
+    round_robin,
+    trainer_config,
+)
 from stream_trainer.workbench.bench.scaleout import efficiency
 from stream_trainer.workbench.bench.scrape import job_rates, parse_metrics
 from stream_trainer.workbench.bench.throughput import round_ratios
@@ -335,6 +343,25 @@ def test_memory_cost_per_partition_is_the_slope_over_partition_counts() -> None:
     assert per_partition_cost({"4": run(1, 1, 1)}) == {}
 
 
+def test_memory_backlog_is_full_in_the_first_partitions_and_smaller_beyond_spread_in_turn() -> None:
+    mc = bench_config.MemoryConfig(backlog_mib_per_partition=1.0, backlog_full_partitions=2, backlog_mib_beyond=0.25)
+    # 1 MiB of 1 KiB messages in partitions 0 and 1, a quarter of that in partitions 2 and 3.
+    assert backlog_counts(mc, 1024, 4) == [1024, 1024, 256, 256]
+    assert backlog_counts(mc, 1024, 2) == [1024, 1024]  # fewer partitions than the full ones: all full
+    spread = round_robin([3, 3, 1, 1])
+    assert spread == [0, 1, 2, 3, 0, 1, 0, 1]
+    assert [spread.count(p) for p in range(4)] == [3, 3, 1, 1]
+
+
+def test_memory_runs_name_their_reader_even_the_first(tmp_path: Path) -> None:
+    settings, bench = bench_config.load(None, overrides={"bench.memory.readers": ["confluent-kafka"]})
+    assert bench.memory.readers == ["confluent-kafka"]
+    conf = trainer_config(settings, bench.memory, "t", "e", "confluent-kafka", 3, 9999, tmp_path)
+    # Left empty, the stack's default (tensorflow-io where installed) would be measured instead.
+    assert conf["trainer"]["source"]["reader"] == "confluent-kafka"
+    assert conf["trainer"]["source"]["partitions"] == [0, 1, 2]
+
+
 # -- flags and config ----------------------------------------------------------------------------
 def test_workers_flag_selects_scale_out_and_takes_distinct_counts() -> None:
     assert workers_list("1,2") == [1, 2]
@@ -356,6 +383,9 @@ def test_bench_config_rejects_messages_too_few_for_the_timed_window(tmp_path: Pa
         bench_config.load(path)
     path.write_text("bench:\n  memory:\n    readers: []\n")
     with pytest.raises(ConfigError, match=r"bench\.memory\.readers"):
+        bench_config.load(path)
+    path.write_text("bench:\n  memory:\n    backlog_mib_beyond: 0\n")
+    with pytest.raises(ConfigError, match=r"bench\.memory\.backlog_mib_beyond"):
         bench_config.load(path)
     path.write_text("bench:\n  mesages: 100\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'bench\.mesages'"):

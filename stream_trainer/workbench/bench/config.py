@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_trainer import config
+from stream_trainer import config, tfenv
 from stream_trainer.config import Settings, SyntheticPhaseConfig
 from stream_trainer.errors import ConfigError
 
@@ -85,12 +85,19 @@ class ScaleoutConfig:
 class MemoryConfig:
     """``--scenario memory`` (issue 23): a trainer process's RSS through the phases of a real run."""
 
-    partition_counts: list[int] = field(default_factory=lambda: [1, 4, 16])  # the first P of one topic
-    # Values of trainer.source.reader; the first is the default and is not set in the trainer's config.
-    readers: list[str] = field(default_factory=lambda: ["tensorflow-io"])
+    partition_counts: list[int] = field(default_factory=lambda: [1, 4, 16, 64])  # the first P of one topic
+    # Values of trainer.source.reader, each set explicitly in its runs' trainer config: every
+    # reader this stack has (tensorflow-io only where it is installed), side by side.
+    readers: list[str] = field(default_factory=lambda: [r for r in tfenv.READERS
+                                                        if r != tfenv.TENSORFLOW_IO or tfenv.tensorflow_io_installed()])
     # Each partition holds this much before the trainer starts: more than librdkafka's read-ahead
     # (32 MiB by default, ingest/reader.py) plus what the run trains, so every queue can fill.
     backlog_mib_per_partition: float = 48.0
+    # Partitions from this index on hold ``backlog_mib_beyond`` instead (64 x 48 MiB would be 3 GiB
+    # on the broker): still several times what one of 64 partitions may hold ahead of decoding
+    # (its read-ahead share and its intake share), so every bound of a 64-partition run fills too.
+    backlog_full_partitions: int = 16
+    backlog_mib_beyond: float = 12.0
     message_image_px: int = 320  # ~54 KB messages, like the throughput scenario's
     distinct: int = 200  # distinct images, repeated through the backlog
     eval_images: int = 256  # trainer.loop.eval_max_images' default: the eval cache at its default size
@@ -143,8 +150,9 @@ QUICK = {
               "scaleout": {"partitions": 2, "messages": 6000, "distinct": 40, "message_image_px": 32,
                            "warmup_steps": 2, "warmup_s": 0.0, "window_s": 2.0},
               # One trainer: each costs a TensorFlow import, a traced step and an export (~100 s on 2 busy cores).
-              "memory": {"partition_counts": [2], "backlog_mib_per_partition": 1.0, "message_image_px": 96,
-                         "distinct": 20, "eval_images": 8, "steps": 2, "sample_every_s": 0.2, "settle_s": 0.5}},
+              "memory": {"partition_counts": [2], "readers": [tfenv.default_reader()],
+                         "backlog_mib_per_partition": 1.0, "message_image_px": 96, "distinct": 20, "eval_images": 8,
+                         "steps": 2, "sample_every_s": 0.2, "settle_s": 0.5}},
     # decode_group 8: a 64-message read must still arrive in several groups for a timed window.
     "trainer": {"pipeline": {"image_size": 32, "batch_size": 4, "decode_group": 8},
                 "model": {"base_filters": 4, "depth": 2}},
@@ -214,9 +222,11 @@ def validate(bench: BenchConfig, settings: Settings) -> BenchConfig:
          and len(set(mem.partition_counts)) == len(mem.partition_counts), "bench.memory.partition_counts",
          "must be distinct partition counts >= 1"),
         (bool(mem.readers) and len(set(mem.readers)) == len(mem.readers), "bench.memory.readers",
-         "must name distinct readers (values of trainer.source.reader), the default first"),
+         "must name distinct readers (values of trainer.source.reader)"),
         (mem.backlog_mib_per_partition > 0 and mem.distinct >= 1 and mem.eval_images >= 1,
          "bench.memory.backlog_mib_per_partition", "must be > 0 (and distinct, eval_images >= 1)"),
+        (mem.backlog_full_partitions >= 1 and mem.backlog_mib_beyond > 0, "bench.memory.backlog_mib_beyond",
+         "must be > 0 (and backlog_full_partitions >= 1)"),
         (mem.steps >= 1 and mem.sample_every_s > 0, "bench.memory.steps", "must be >= 1 (and sample_every_s > 0)"),
     ]
     for ok, key, rule in checks:

@@ -24,8 +24,9 @@ export            ``stream_trainer_exports_total`` >= 1
 ================  ==============================================================================
 
 Each run is repeated per partition count (``trainer.source.partitions`` = the first P of one
-topic) and per reader (``trainer.source.reader``; the first name is the default, set by
-nothing), so the cost of one more partition is the slope between partition counts.
+topic) and per reader (``trainer.source.reader``, always set), so the cost of one more partition
+is the slope between partition counts. The first ``backlog_full_partitions`` partitions hold
+``backlog_mib_per_partition`` each, the rest ``backlog_mib_beyond`` (64 x 48 MiB would be 3 GiB).
 ``bench.memory.env`` adds environment to the trainer (``MALLOC_ARENA_MAX``, ``LD_PRELOAD``): the
 allocator experiments of docs/benchmarks.md are this scenario run with ``--set``.
 """
@@ -101,12 +102,13 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
         records = make_records(mc.distinct, mc.message_image_px, bench.seed)
         values = encode_all(records)
         mean = sum(map(len, values)) / len(values)
-        per_partition = max(1, math.ceil(mc.backlog_mib_per_partition * MIB / mean))
-        train = produce_all(cluster, records, [values[i % len(values)] for i in range(per_partition * most)], most,
-                            prefix="bench-memory")
+        counts = backlog_counts(mc, mean, most)
+        spread = round_robin(counts)
+        train = produce_all(cluster, records, [values[i % len(values)] for i in range(len(spread))], most,
+                            prefix="bench-memory", spread=spread)
         evals = produce_all(cluster, records, values[:mc.eval_images], 1, prefix="bench-memory-eval")
-        log.info("produced %d messages (%.0f MiB) into %s (%d partitions) and %d into %s", per_partition * most,
-                 per_partition * most * mean / MIB, train.topic, most, mc.eval_images, evals.topic)
+        log.info("produced %d messages (%.0f MiB) into %s (%d partitions) and %d into %s", len(spread),
+                 len(spread) * mean / MIB, train.topic, most, mc.eval_images, evals.topic)
         runs: dict[str, dict[str, Any]] = {}
         for reader in mc.readers:
             runs[reader] = {}
@@ -126,8 +128,12 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
     p = settings.trainer.pipeline
     return {
         **session.header("memory", command),
-        "workload": {"backlog_messages_per_partition": per_partition, "message_bytes_mean": round(mean),
-                     "backlog_mib_per_partition": round(per_partition * mean / MIB, 1), "topic_partitions": most,
+        "workload": {"backlog_messages_per_partition": counts[0], "message_bytes_mean": round(mean),
+                     "backlog_mib_per_partition": round(counts[0] * mean / MIB, 1), "topic_partitions": most,
+                     # Partitions from backlog_full_partitions on (only runs of more partitions read them).
+                     "backlog_messages_beyond": counts[-1] if most > mc.backlog_full_partitions else 0,
+                     "backlog_mib_beyond": round(counts[-1] * mean / MIB, 1) if most > mc.backlog_full_partitions
+                     else 0.0,
                      "eval_images": mc.eval_images, "image_size": p.image_size, "batch_size": p.batch_size,
                      "cores": len(os.sched_getaffinity(0))},
         "config": {"memory": bench_config.as_dict(mc), "trainer": bench_config.as_dict(settings.trainer),
@@ -137,14 +143,30 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
     }
 
 
+def backlog_counts(mc: MemoryConfig, message_bytes: float, partitions: int) -> list[int]:
+    """Messages of the backlog in each partition: ``backlog_mib_per_partition`` in the first
+    ``backlog_full_partitions``, ``backlog_mib_beyond`` in the rest."""
+    full = max(1, math.ceil(mc.backlog_mib_per_partition * MIB / message_bytes))
+    beyond = max(1, math.ceil(mc.backlog_mib_beyond * MIB / message_bytes))
+    return [full if p < mc.backlog_full_partitions else beyond for p in range(partitions)]
+
+
+def round_robin(counts: list[int]) -> list[int]:
+    """The partition of each message, in turn over the partitions that still want one (as a
+    producer spreading load would write them)."""
+    out: list[int] = []
+    for i in range(max(counts, default=0)):
+        out.extend(p for p, n in enumerate(counts) if n > i)
+    return out
+
+
 def trainer_config(settings: Settings, mc: MemoryConfig, topic: str, eval_topic: str, reader: str, partitions: int,
                    metrics_port: int, workdir: Path) -> dict[str, Any]:
     """One run's settings: the bench's trainer section, the first ``partitions`` partitions, the phase schedule."""
     t = settings.trainer
+    # The reader is always named: the stack's default (an empty reader) depends on what is installed.
     source: dict[str, Any] = {**asdict(t.source), "group_id": f"bench-memory-{uuid.uuid4().hex[:8]}",
-                              "partitions": list(range(partitions))}
-    if reader != mc.readers[0]:
-        source["reader"] = reader
+                              "partitions": list(range(partitions)), "reader": reader}
     return {
         "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers, "client": dict(settings.kafka.client)},
         "topics": {"train": topic, "eval": eval_topic, "dead_letter": f"{topic}-dlq"},

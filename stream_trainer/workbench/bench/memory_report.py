@@ -33,18 +33,21 @@ MARKERS = {"tensorflow": ("o", "TensorFlow imported"), "readers": ("s", "readers
 def markdown(results: dict[str, Any]) -> str:
     w, mc = results["workload"], results["config"]["memory"]
     env = ", ".join(f"{k}={v}" for k, v in mc["env"].items()) or "none"
+    beyond = (f" (partitions {mc['backlog_full_partitions']} and up: {w['backlog_mib_beyond']} MiB, "
+              f"{w['backlog_messages_beyond']} messages)" if w.get("backlog_messages_beyond") else "")
     lines = [*header(results),
              f"Workload: one `stream-trainer run` process per row against a pre-filled backlog of "
              f"{w['backlog_mib_per_partition']} MiB ({w['backlog_messages_per_partition']} messages of "
-             f"{w['message_bytes_mean']} B) in each partition it reads; eval topic of {w['eval_images']} images; "
+             f"{w['message_bytes_mean']} B) in each partition it reads"
+             f"{beyond}; eval topic of {w['eval_images']} images; "
              f"{w['image_size']} px, batch {w['batch_size']}; evaluation, checkpoint and export at step "
              f"{mc['steps']}; extra environment: {env}; kafka.client: {results['config']['kafka_client'] or '{}'}. "
              f"RSS = VmRSS of the trainer sampled every {mc['sample_every_s']} s; each phase lies between two "
-             f"events the trainer makes observable (bench/memory.py); MiB, peak within the phase unless noted.  ",
-             "",
-             "| reader | partitions | " + " | ".join(PHASES.values()) + " | peak (VmHWM) | threads in training |",
-             "|---|---:|" + "---:|" * (len(PHASES) + 2)]
-    for reader, by_n in results["runs"].items():
+             f"events the trainer makes observable (bench/memory.py); MiB, peak within the phase unless noted.  "]
+    for reader, by_n in results["runs"].items():  # a table per reader
+        lines += ["", f"Reader: {reader}", "",
+                  "| reader | partitions | " + " | ".join(PHASES.values()) + " | peak (VmHWM) | threads in training |",
+                  "|---|---:|" + "---:|" * (len(PHASES) + 2)]
         for n in sorted(by_n, key=int):
             r = by_n[n]
             cells = [cut(r["phases"][k]["rss_mib"], 0) for k in PHASES]

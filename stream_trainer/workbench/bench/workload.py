@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Producer
@@ -79,9 +80,9 @@ def encode_all(records: list[wire.PetRecord]) -> list[bytes]:
 
 
 def produce_all(cluster: Cluster, records: list[wire.PetRecord], values: list[bytes], partitions: int,
-                prefix: str = "bench") -> Workload:
-    """Create a topic and write every value into it, round robin (message ``i`` has the key of
-    ``records[i % len(records)]``); wait for every ack."""
+                prefix: str = "bench", spread: Sequence[int] | None = None) -> Workload:
+    """Create a topic and write every value into it, round robin or into partition ``spread[i]``
+    (message ``i`` has the key of ``records[i % len(records)]``); wait for every ack."""
     topic = new_topic(cluster, prefix, partitions)
     producer = _producer(cluster.kafka)
     failures: list[str] = []
@@ -94,7 +95,8 @@ def produce_all(cluster: Cluster, records: list[wire.PetRecord], values: list[by
         record = records[i % len(records)]
         while True:
             try:
-                producer.produce(topic, value=value, key=record.image_id.encode(), partition=i % partitions,
+                producer.produce(topic, value=value, key=record.image_id.encode(),
+                                 partition=i % partitions if spread is None else spread[i],
                                  on_delivery=on_delivery)
                 break
             except BufferError:
