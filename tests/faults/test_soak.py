@@ -441,3 +441,22 @@ def test_chaos_exits_keep_their_last_lines_and_a_killed_workers_peer_is_peer_los
     assert causes[0]["error"] == "stream-trainer: error: lost worker 1 of the job", causes[0]
     assert causes[0]["last_lines"][-2:] == ["loop: something", "stream-trainer: error: lost worker 1 of the job"]
     assert causes[1]["error"] == "" and causes[1]["code"] == -9, causes[1]
+
+
+@pytest.mark.faults
+def test_chaos_a_slow_start_up_is_warm_up_not_growth() -> None:
+    """A restarted trainer on a loaded machine (the 60-minute run's pid 7728): /metrics at 30 s, its
+    readers and first step at 95 s (20 fds before, 60 after), killed at 160 s. Its warm-up counts from
+    its first training step: too short to judge, never "growing"."""
+    def sample(up: float) -> ChaosSample:
+        step = None if up < 30 else (500.0 if up < 95 else 500.0 + (up - 95) // 5)
+        fds = 20 if up < 95 else 60
+        return ChaosSample(317.0 + up, 0, 0, 7728, up, 300.0 + up, 30 if up < 95 else 70, fds,
+                           0.0 if up < 95 else 4.0, 9.0, step)
+    samples = [sample(float(up)) for up in range(0, 160, 5)]
+    resources = judge_resources(samples, [(317.0, 477.0)])
+    assert {r["state"] for r in resources.values()} == {"not_judged"}, resources
+    # Counted from the process's start instead, its readers starting read as a leak of 40 fds.
+    early = [ChaosSample(s.t_s, 0, 0, 7728, s.up_s, s.rss_mib, s.threads, s.fds, s.consumers, s.traces, s.t_s)
+             for s in samples]
+    assert judge_resources(early, [(317.0, 477.0)])["fds"]["state"] == "growing"

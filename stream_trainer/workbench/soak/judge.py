@@ -113,6 +113,24 @@ def judged(sample: Sample, name: str) -> float | None:
     return sample.own_threads if name == "threads" else getattr(sample, name)
 
 
+def training_since(samples: Iterable[Sample]) -> float:
+    """When a process first trained (its step passed the one it started from): its warm-up is
+    counted from there, not from its start. A restarted trainer on a loaded machine starts its
+    readers and its first step minutes in (the 60-minute run: 20 fds and no consumer until 100 s
+    after the start), so counted from the start its start-up would read as growth. ``inf`` (never
+    settled) for a process that served a step and never trained; ``-inf`` (its start counts) for
+    one that never served the step gauge."""
+    first: float | None = None
+    for s in sorted(samples, key=lambda s: s.t_s):
+        if s.step is None:
+            continue
+        if first is None:
+            first = s.step
+        elif s.step > first:
+            return s.t_s
+    return float("inf") if first is not None else float("-inf")
+
+
 def segments(start_s: float, end_s: float, partition_changes: Sequence[float]) -> list[tuple[float, float]]:
     """The phase cut where a partition was added: a new reader brings its consumer, threads and sockets."""
     cuts = [start_s, *sorted(c for c in partition_changes if start_s < c < end_s), end_s]
@@ -138,8 +156,9 @@ def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, flo
                 mine = [s for s in samples if s.phase == index and s.worker == worker and a <= s.t_s < b]
                 pids = list(dict.fromkeys(s.pid for s in mine))  # in the order the processes started
                 for pid in pids:
-                    points = [(s.t_s, s.up_s if a == start else min(s.up_s, s.t_s - a), float(v)) for s in mine
-                              if s.pid == pid and (v := judged(s, name)) is not None]
+                    trains = training_since(s for s in samples if s.pid == pid and s.phase == index)
+                    points = [(s.t_s, min(s.up_s if a == start else min(s.up_s, s.t_s - a), s.t_s - trains),
+                               float(v)) for s in mine if s.pid == pid and (v := judged(s, name)) is not None]
                     if not points:
                         continue
                     key = (f"phase{index}/worker{worker}" + (f"/from{a / 60:.1f}min" if len(pieces) > 1 else "")
