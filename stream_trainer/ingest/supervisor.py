@@ -11,7 +11,9 @@ recreated topic, revoked credentials). A reader whose position is beyond the log
 handed on nothing for ``stall_timeout_s`` while messages wait in Kafka and its share of the
 intake has room, is retired and replaced. The stall is timed only over what the watchdog saw:
 its clock restarts whenever nothing waited (a caught-up partition that just got a message has not
-stalled) and after rounds the broker did not answer (``unobserved``: a broker killed or paused
+stalled), after rounds the broker did not answer (``unobserved``) and after a round that came
+late (more than half the stall timeout after the one before: a paused broker answers the round
+that waits through the pause, with positions read before it). Otherwise a broker killed or paused
 for longer than the stall timeout would otherwise have every reader replaced at its first answer,
 one failure each, and a worker reading more than ``max_restarts`` partitions gave up with exit 2
 after every such outage). "Messages wait" means records a reader can read: a
@@ -114,6 +116,7 @@ class KafkaSource:
         self._bounded_left = 0
         self._reading = 1  # partitions this worker reads: each reader's share of the read-ahead (reader.py)
         self._progress: dict[int, tuple[int, float]] = {}  # partition -> (position, since when)
+        self._watched_at: float | None = None  # the last watchdog round (rounds come every stall_timeout_s / 4)
         self._thread: dict[int, threading.Thread] = {}  # partition -> its reader's thread
         self._blocked: dict[int, threading.Thread] = {}  # partition -> its retired reader's thread, if still alive
 
@@ -163,6 +166,11 @@ class KafkaSource:
         """Replace stalled readers (module docstring). ``positions`` must be read *before*
         ``marks``, so that a reader that just read a new message is never taken for one beyond the end."""
         now = time.monotonic()
+        if self._watched_at is not None and now - self._watched_at > self.cfg.stall_timeout_s / 2:
+            # A late round: its watermarks took the broker's pause to come back (SIGSTOP answers
+            # no round with an error), and ``positions`` were read before it: nothing was seen.
+            self._progress.clear()
+        self._watched_at = now
         for p, pos in positions.items():
             reader, m = self.readers.get(p), marks.get(p)
             if reader is None or m is None or self.failure is not None:

@@ -119,13 +119,23 @@ def test_a_caught_up_partition_that_gets_a_message_has_not_stalled(broker: Local
         resolve=lambda _p, offset: offset, stop=stop, threads=Threads()).start(dict.fromkeys(range(PARTITIONS), 0))
     try:
         positions = source.positions()
-        source.watch(positions, {p: Watermarks(0, pos) for p, pos in positions.items()})  # caught up
-        time.sleep(STALL_S + 1)
-        source.watch(positions, {p: Watermarks(0, pos) for p, pos in positions.items()})  # still nothing
-        source.watch(positions, {p: Watermarks(0, pos + 1) for p, pos in positions.items()})  # one message each
+
+        def rounds(seconds: float, high: int) -> None:  # watchdog rounds as the input watch makes them
+            deadline = time.monotonic() + seconds
+            while True:
+                source.watch(positions, {p: Watermarks(0, pos + high) for p, pos in positions.items()})
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(STALL_S / 4)
+
+        rounds(STALL_S + 1, 0)  # caught up for longer than the stall timeout
+        rounds(0, 1)  # one message each, seen by the watchdog first
         assert source.retired == 0 and source.failure is None, (source.retired, source.failure)
-        time.sleep(STALL_S + 1)  # ...which nobody reads (these watermarks are the test's): now it is a stall
-        source.watch(positions, {p: Watermarks(0, pos + 1) for p, pos in positions.items()})
+        # A round that comes late (a broker paused through it) has seen nothing: no stall yet.
+        time.sleep(STALL_S + 1)
+        rounds(0, 1)
+        assert source.retired == 0 and source.failure is None, (source.retired, source.failure)
+        rounds(STALL_S + 1, 1)  # ...which nobody reads (these watermarks are the test's): now it is a stall
         assert source.retired == PARTITIONS, "the watchdog no longer replaces a stalled reader"
     finally:
         stop.set()
