@@ -147,6 +147,11 @@ class Inputs:
             try:
                 positions = self.source.positions()  # before the watermarks: see KafkaSource.watch
                 marks = self.cluster.watermarks(self.topic, list(positions), timeout_s=5.0)
+            except (StreamTrainerError, KafkaException) as exc:
+                self.source.unobserved()  # the readers' stall clocks must not run through an outage
+                log.debug("input watch skipped: %s", exc)
+                continue
+            try:
                 self.source.watch(positions, marks)
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + refresh

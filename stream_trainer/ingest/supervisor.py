@@ -9,7 +9,14 @@ and ``on_reposition(partition, start, epoch)`` tells the trained-position bookke
 The stall watchdog: tensorflow-io logs and waits, instead of failing, on several faults (a
 recreated topic, revoked credentials). A reader whose position is beyond the log end, or that
 handed on nothing for ``stall_timeout_s`` while messages wait in Kafka and its share of the
-intake has room, is retired and replaced. "Messages wait" means records a reader can read: a
+intake has room, is retired and replaced. The stall is timed only over what the watchdog saw:
+its clock restarts whenever nothing waited (a caught-up partition that just got a message has not
+stalled), after rounds the broker did not answer (``unobserved``) and after a round that came
+late (more than half the stall timeout after the one before: a paused broker answers the round
+that waits through the pause, with positions read before it). Otherwise a broker killed or paused
+for longer than the stall timeout would otherwise have every reader replaced at its first answer,
+one failure each, and a worker reading more than ``max_restarts`` partitions gave up with exit 2
+after every such outage). "Messages wait" means records a reader can read: a
 partition whose log ends in transaction markers has position < high watermark for ever, and is
 caught up (``caught_up``). A retired reader's consumer is released as soon as tensorflow-io
 returns control to it; should its successor stall too while it is still blocked, the source gives
@@ -109,6 +116,7 @@ class KafkaSource:
         self._bounded_left = 0
         self._reading = 1  # partitions this worker reads: each reader's share of the read-ahead (reader.py)
         self._progress: dict[int, tuple[int, float]] = {}  # partition -> (position, since when)
+        self._watched_at: float | None = None  # the last watchdog round (rounds come every stall_timeout_s / 4)
         self._thread: dict[int, threading.Thread] = {}  # partition -> its reader's thread
         self._blocked: dict[int, threading.Thread] = {}  # partition -> its retired reader's thread, if still alive
 
@@ -158,12 +166,17 @@ class KafkaSource:
         """Replace stalled readers (module docstring). ``positions`` must be read *before*
         ``marks``, so that a reader that just read a new message is never taken for one beyond the end."""
         now = time.monotonic()
+        if self._watched_at is not None and now - self._watched_at > self.cfg.stall_timeout_s / 2:
+            # A late round: its watermarks took the broker's pause to come back (SIGSTOP answers
+            # no round with an error), and ``positions`` were read before it: nothing was seen.
+            self._progress.clear()
+        self._watched_at = now
         for p, pos in positions.items():
             reader, m = self.readers.get(p), marks.get(p)
             if reader is None or m is None or self.failure is not None:
                 continue
             seen, since = self._progress.get(p, (pos, now))
-            if pos != seen or self.intake.full(p) or reader.paused:
+            if pos != seen or pos >= m.high or self.intake.full(p) or reader.paused:
                 seen, since = pos, now
             self._progress[p] = (seen, since)
             if pos > m.high:
@@ -174,6 +187,11 @@ class KafkaSource:
                     continue
                 self._replace(reader, f"it handed on nothing for {now - since:.0f} s while {m.high - pos} "
                                       f"offsets wait (trainer.source.stall_timeout_s)")
+
+    def unobserved(self) -> None:
+        """A watchdog round could not see the broker (no watermarks): every stall clock restarts at
+        the next round that does, so an outage is not counted as the readers' stall."""
+        self._progress.clear()
 
     def _replace(self, reader: ReaderHandle, reason: str) -> None:
         p = reader.partition

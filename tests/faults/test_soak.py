@@ -329,3 +329,134 @@ def test_a_broker_restarted_by_a_fault_outlives_the_fault_thread(tmp_path: Path)
         for p in direct + via_main:
             p.kill()
             p.wait()
+
+
+# --- the chaos soak's evidence: per-process resources, duplicates by restart, exit messages --------
+
+
+def _process(pid: int, start: float, end: float, rss: Callable[[float], float], phase: int = 1,
+             worker: int = 1) -> list[ChaosSample]:
+    """One trainer process sampled every 5 s from ``start`` to ``end``; ``rss(up_s)``."""
+    return [ChaosSample(float(t), phase, worker, pid, float(t - start), rss(t - start), 40, 60, 2.0, 9.0, t)
+            for t in np.arange(start, end, 5.0)]
+
+
+@pytest.mark.faults
+def test_chaos_rss_is_judged_per_process_not_across_restarts() -> None:
+    """Phase 2's worker 1 in the 60-minute run: restarts every few minutes, each process warming up
+    from nothing. Fitted across the restarts the warm-ups read as a leak; per process it is flat."""
+    def warm(up: float) -> float:  # RSS climbs in the first minutes of every process, then settles
+        return 650.0 + 150.0 * (1.0 - float(np.exp(-up / 150.0)))
+    restarts = [1800.0, 2200.0, 2600.0, 2900.0, 3200.0, 3500.0]
+    samples = [s for a, b in itertools.pairwise([*restarts, 3600.0]) for s in _process(int(a), a, b, warm)]
+    samples += _process(99, 1800.0, 3600.0, lambda up: 700.0, worker=0)
+    resources = judge_resources(samples, HOUR_PHASES)
+    series = resources["rss_mib"]["series"]
+    assert "phase1/worker1/pid2200" in series and "phase1/worker0" in series, sorted(series)
+    assert resources["rss_mib"]["state"] == "flat", series
+    assert series["phase1/worker1/pid3500"]["state"] == "not_judged", "a 100 s process is too short to judge"
+    # The same samples judged as one series (the old judge): the warm-ups fitted as a slope.
+    one = [ChaosSample(s.t_s, s.phase, s.worker, 1, s.up_s, s.rss_mib, s.threads, s.fds, s.consumers, s.traces,
+                       s.step) for s in samples]
+    assert judge_resources(one, HOUR_PHASES)["rss_mib"]["state"] == "growing"
+    # A process that leaks is still caught within its own lifetime.
+    leak = [*samples, *_process(7, 0.0, 1800.0, lambda up: 700.0 + 40.0 * up / 3600.0, phase=0, worker=0)]
+    assert judge_resources(leak, HOUR_PHASES)["rss_mib"]["state"] == "growing"
+
+
+def _logs(tmp_path: Path, runs: dict[str, list[tuple[int, int, int]]]) -> list[Path]:
+    paths = []
+    for name, lines in runs.items():
+        path = tmp_path / f"{name}.log"
+        path.write_text("".join(f"{p} {o} {s}\n" for p, o, s in lines))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.faults
+def test_chaos_duplicates_are_charged_to_the_restart_that_caused_them_by_cause(tmp_path: Path) -> None:
+    from stream_trainer.workbench.soak.duplicates import attribute, trainings
+    from stream_trainer.workbench.soak.judge import duplicate_failures
+
+    topic = {(0, o) for o in range(60)}
+    bad = {(0, 30): "random_bytes"}
+    exits = [{"t_s": 100.0, "phase": 0, "run": 0, "worker": 0, "code": -9, "cause": "soak_kill", "error": ""}]
+
+    def judged(run0: list[tuple[int, int, int]], run1: list[tuple[int, int, int]]) -> dict[str, object]:
+        paths = _logs(tmp_path, {"phase0-run0-w0": run0, "phase0-run1-w0": run1})
+        return attribute([(0, 0), (0, 1)], trainings(paths), exits, [], topic, bad, {0: 1}, 4, 5)
+
+    # Run 0 trains offsets 0..27 at 4 per step (steps 1..7), checkpoints at 5, is killed at step 7.
+    run0 = [(0, o, o // 4 + 1) for o in range(28)]
+    # Run 1 restores step 5 (positions 20): trains 20..27 again, then on.
+    run1 = [(0, o, 6 + (o - 20) // 4) for o in range(20, 40) if o != 30]
+    d = judged(run0, run1)
+    (r,) = d["restarts"]  # type: ignore[misc]
+    assert (r["since_checkpoint"], r["held_back"], r["next_run_restored_step"]) == (8, 0, 5), r
+    assert r["ended"][0]["cause"] == "soak_kill" and not duplicate_failures(d)  # type: ignore[arg-type]
+    # A poison message at 30 holds the position: rows 31..35 trained before the checkpoint (step 9)
+    # are read again after it; the attribution names what held them back.
+    run0 = [(0, o, o // 4 + 1) for o in range(36) if o != 30]
+    run1 = [(0, o, 10 + (o - 31) // 4) for o in range(31, 50)]
+    d = judged(run0, run1)
+    (r,) = d["restarts"]  # type: ignore[misc]
+    assert r["held_back"] == 5 and r["held"][0]["behind"] == [{"offset": 30, "what": "random_bytes"}], r
+    # More than E x B rows since the checkpoint fails, and so does one process training an offset twice.
+    run0 = [(0, o, o // 4 + 1) for o in range(28)]
+    run1 = [(0, o, 2 + (o - 4) // 4) for o in range(4, 40) if o != 30]  # restored step 1: 24 rows again
+    assert any("over the bound 20" in f for f in duplicate_failures(judged(run0, run1)))  # type: ignore[arg-type]
+    run0 = [(0, o, o // 4 + 1) for o in range(28)] + [(0, 3, 8)]
+    failures = duplicate_failures(judged(run0, [(0, o, 8) for o in range(28, 40) if o != 30]))  # type: ignore[arg-type]
+    assert failures and "trained twice by one process" in failures[0], failures
+
+
+@pytest.mark.faults
+def test_chaos_exits_keep_their_last_lines_and_a_killed_workers_peer_is_peer_lost(tmp_path: Path) -> None:
+    """Worker 0 exits 2 naming the lost peer in the same second as the soak SIGKILLs worker 1: the
+    soak, looking at worker 0 first, used to call that exit "unprompted"."""
+    from stream_trainer.workbench.soak.job import Job, Worker
+
+    job = Job.__new__(Job)
+    job.phase, job.size, job.run, job.clock, job.drain_s = 1, 2, 1, lambda: 42.0, 45.0
+    job.exits, job.restarts, job._draining_since = [], 0, None
+    job._start = lambda: None  # type: ignore[method-assign]
+    workers = []
+    last_words = "print('stream-trainer: error: lost worker 1 of the job', file=sys.stderr); sys.exit(2)"
+    for i, script in enumerate([f"import sys; print('loop: something', flush=True); {last_words}",
+                                "import time; time.sleep(60)"]):
+        log = tmp_path / f"w{i}.log"
+        log.write_bytes(b"=== an earlier run's last words ===\nstream-trainer: error: not this one\n")
+        with log.open("ab") as out:
+            start = out.tell()
+            proc = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        workers.append(Worker(i, proc, 0, tmp_path / f"t{i}", log_path=log, log_from=start))
+    job.workers = workers
+    workers[0].proc.wait(30)
+    workers[1].killed_by_soak = True
+    workers[1].proc.kill()
+    workers[1].proc.wait(30)
+    job.poll()
+    causes = {e["worker"]: e for e in job.exits}
+    assert causes[1]["cause"] == "soak_kill" and causes[0]["cause"] == "peer_lost", job.exits
+    assert causes[0]["error"] == "stream-trainer: error: lost worker 1 of the job", causes[0]
+    assert causes[0]["last_lines"][-2:] == ["loop: something", "stream-trainer: error: lost worker 1 of the job"]
+    assert causes[1]["error"] == "" and causes[1]["code"] == -9, causes[1]
+
+
+@pytest.mark.faults
+def test_chaos_a_slow_start_up_is_warm_up_not_growth() -> None:
+    """A restarted trainer on a loaded machine (the 60-minute run's pid 7728): /metrics at 30 s, its
+    readers and first step at 95 s (20 fds before, 60 after), killed at 160 s. Its warm-up counts from
+    its first training step: too short to judge, never "growing"."""
+    def sample(up: float) -> ChaosSample:
+        step = None if up < 30 else (500.0 if up < 95 else 500.0 + (up - 95) // 5)
+        fds = 20 if up < 95 else 60
+        return ChaosSample(317.0 + up, 0, 0, 7728, up, 300.0 + up, 30 if up < 95 else 70, fds,
+                           0.0 if up < 95 else 4.0, 9.0, step)
+    samples = [sample(float(up)) for up in range(0, 160, 5)]
+    resources = judge_resources(samples, [(317.0, 477.0)])
+    assert {r["state"] for r in resources.values()} == {"not_judged"}, resources
+    # Counted from the process's start instead, its readers starting read as a leak of 40 fds.
+    early = [ChaosSample(s.t_s, 0, 0, 7728, s.up_s, s.rss_mib, s.threads, s.fds, s.consumers, s.traces, s.t_s)
+             for s in samples]
+    assert judge_resources(early, [(317.0, 477.0)])["fds"]["state"] == "growing"

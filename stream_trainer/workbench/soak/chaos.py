@@ -40,7 +40,7 @@ from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka import Cluster
 from stream_trainer.threads import Threads
 from stream_trainer.workbench.broker import LocalBroker
-from stream_trainer.workbench.soak import faults, judge, ledger, report
+from stream_trainer.workbench.soak import duplicates, faults, judge, ledger, report
 from stream_trainer.workbench.soak.job import Job, child_env
 from stream_trainer.workbench.soak.probe import Sample
 
@@ -315,6 +315,10 @@ class Soak:
                  if f["kind"] == "partitions_added" and f.get("ok") and "skipped" not in f]
         resources = judge.judge_resources(self.samples, self.phases, added)
         messages = judge.judge_messages(self.topic, trained, self.stage.bad, self.letters, bound)
+        runs = [(job.phase, r) for job in self.jobs for r in range(job.run)]
+        dups = duplicates.attribute(runs, duplicates.trainings(self._trained_logs()), exits, self.samples,
+                                    self.topic, self.stage.bad, {job.phase: job.size for job in self.jobs},
+                                    BATCH, CHECKPOINT_EVERY)
         missing = [f"fault {f['kind']} at {f['t_s']:.0f} s not injected: {f.get('error')}"
                    for f in self.fault_records if not f.get("ok")]
         causes: dict[str, int] = {}
@@ -327,8 +331,8 @@ class Soak:
                 "tolerances": {k: asdict(v) for k, v in judge.TOLERANCES.items()},
                 "min_slope_window_s": judge.MIN_SLOPE_WINDOW_S, "partitions_added_s": added,
                 "faults": self.fault_records, "exits": exits, "resources": resources, "messages": messages,
-                "transactional_messages": self.stage.transactional_offsets,
-                "verdict": judge.verdict(resources, messages, self.problems + missing),
+                "duplicates": dups, "transactional_messages": self.stage.transactional_offsets,
+                "verdict": judge.verdict(resources, messages, self.problems + missing, dups),
                 "samples": [asdict(s) for s in self.samples]}
 
 

@@ -5,7 +5,11 @@ TensorFlow needs fresh processes): when one worker exits, the others are given
 ``drain_s`` to notice (they exit non-zero naming the lost one), then whoever is left is killed,
 and every worker starts again on fresh ports. Every exit is recorded with its code and why it
 happened: the soak's SIGKILL, the loss of a peer, the supervisor's kill after the drain, or
-nothing the soak did ("unprompted").
+nothing the soak did ("unprompted"), and with the last lines the process wrote (its one-line error).
+
+Exits seen in one poll are classified killed-first: a worker that exits in the same second as a
+peer the soak SIGKILLed exited because it lost that peer (``peer_lost``), whatever the order in
+which the soak happened to look at them.
 """
 
 from __future__ import annotations
@@ -43,8 +47,29 @@ class Worker:
     port: int
     trained_log: Path
     started: float = field(default_factory=time.monotonic)
+    log_path: Path | None = None  # stdout and stderr, shared by every run of this worker index
+    log_from: int = 0  # where this run's output starts in it
     killed_by_soak: bool = False
     exit_seen: bool = False
+
+    def exit_message(self, n: int = 3, max_chars: int = 600) -> dict[str, Any]:
+        """The last ``n`` non-empty lines this process wrote, and its ``stream-trainer: error:`` line
+        ("" when it printed none: a SIGKILL, a clean stop)."""
+        if self.log_path is None or not self.log_path.exists():
+            return {"error": "", "last_lines": []}
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_from)
+            tail = f.read()[-64 * 1024:].decode(errors="replace")
+        lines = [line[:max_chars] for line in tail.splitlines() if line.strip()]
+        error = next((line for line in reversed(lines) if line.startswith("stream-trainer: error:")), "")
+        return {"error": error, "last_lines": lines[-n:]}
+
+
+def classify(killed_by_soak: bool, peer_gone: bool) -> str:
+    """Why a worker exited: the soak killed it, a peer of its job had gone first, or neither."""
+    if killed_by_soak:
+        return "soak_kill"
+    return "peer_lost" if peer_gone else "unprompted"
 
 
 class Job:
@@ -73,13 +98,15 @@ class Job:
             config = self.out / "configs" / f"phase{self.phase}-run{self.run}-w{i}.yaml"
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(yaml.safe_dump(self.settings_for(i, addresses, port, log), sort_keys=False))
-            with (self.out / "logs" / f"phase{self.phase}-w{i}.log").open("ab") as out:
+            log_path = self.out / "logs" / f"phase{self.phase}-w{i}.log"
+            with log_path.open("ab") as out:
                 out.write(f"\n=== soak: phase {self.phase} run {self.run} worker {i} starts ===\n".encode())
                 out.flush()
+                log_from = out.tell()
                 proc = subprocess.Popen([sys.executable, "-m", "stream_trainer.cli", "run", "--config", str(config)],
                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=child_env())
-            self.workers.append(Worker(i, proc, port, log))
+            self.workers.append(Worker(i, proc, port, log, log_path=log_path, log_from=log_from))
         self.run += 1
 
     def kill_one(self, rng: random.Random) -> str:
@@ -96,18 +123,16 @@ class Job:
         worker.exit_seen = True
         self.exits.append({"t_s": round(self.clock(), 1), "phase": self.phase, "run": self.run - 1,
                            "worker": worker.index, "code": worker.proc.returncode, "cause": cause,
-                           "lived_s": round(time.monotonic() - worker.started, 1)})
+                           "lived_s": round(time.monotonic() - worker.started, 1), **worker.exit_message()})
 
     def poll(self) -> None:
         """Record exits; once every worker of a broken job is gone, start the job again."""
         first = self._draining_since is None
-        for w in self.workers:
-            if not w.exit_seen and w.proc.poll() is not None:
-                cause = "soak_kill" if w.killed_by_soak else ("unprompted" if self._draining_since is None
-                                                              else "peer_lost")
-                self._record(w, cause)
-                if self._draining_since is None:
-                    self._draining_since = time.monotonic()
+        exited = [w for w in self.workers if not w.exit_seen and w.proc.poll() is not None]
+        for w in sorted(exited, key=lambda w: not w.killed_by_soak):  # the soak's victims first
+            self._record(w, classify(w.killed_by_soak, self._draining_since is not None))
+            if self._draining_since is None:
+                self._draining_since = time.monotonic()
         if self._draining_since is None:
             return
         alive = [w for w in self.workers if w.proc.poll() is None]

@@ -16,6 +16,7 @@ CONSUMERS = "stream_trainer_kafka_consumers"  # live librdkafka consumers in the
 TRACES = "stream_trainer_function_traces"  # tf.function traces so far
 WATCHDOGS = "stream_trainer_collective_watchdog_threads"  # TensorFlow's sleeping collective timeout threads
 STEP = "stream_trainer_global_step"
+READER_RESTARTS = "stream_trainer_source_restarts_total"  # readers restarted or replaced by the stall watchdog
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Sample:
     traces: float | None
     step: float | None
     watchdogs: float | None = None  # of ``threads``: TensorFlow's, one pair per recent collective op
+    reader_restarts: float | None = None  # in this process so far: a retired reader holds its sockets a while
 
     @property
     def own_threads(self) -> float | None:
@@ -82,4 +84,4 @@ def sample(t_s: float, phase: int, worker: int, pid: int, up_s: float, metrics_p
     page = scrape(metrics_port)
     return Sample(round(t_s, 1), phase, worker, pid, round(up_s, 1), None if rss is None else round(rss, 1),
                   threads, _fds(pid), gauge(page, CONSUMERS), gauge(page, TRACES), gauge(page, STEP),
-                  gauge(page, WATCHDOGS))
+                  gauge(page, WATCHDOGS), gauge(page, READER_RESTARTS))

@@ -94,6 +94,30 @@ def lines(result: dict[str, Any]) -> list[str]:
     out.append(f"soak: {m['topic_offsets']} offsets in the topic, {m['valid_offsets']} valid: {m['skipped']} skipped, "
                f"{m['duplicates']} trained twice (bound {m['duplicate_bound']}); {m['bad_produced']} malformed "
                f"produced, {m['bad_dead_lettered']} dead-lettered, {m['valid_dead_lettered']} valid dead-lettered")
+    restarts: dict[int, float] = {}
+    for sample in result.get("samples", []):
+        if sample.get("reader_restarts") is not None:
+            restarts[sample["pid"]] = max(restarts.get(sample["pid"], 0.0), sample["reader_restarts"])
+    if restarts:
+        out.append(f"soak: Kafka readers restarted or replaced by the stall watchdog: {sum(restarts.values()):g} in "
+                   f"{len(restarts)} trainer processes (most in one: {max(restarts.values()):g})")
+    for e in result["exits"]:
+        if e["cause"] != "stop" or e["code"] != 0:
+            said = e.get("error") or (e.get("last_lines") or [""])[-1]
+            out.append(f"soak: exit at {e['t_s']:.0f} s, phase {e['phase']} run {e['run']} worker {e['worker']}: "
+                       f"code {e['code']}, {e['cause']}" + (f": {said}" if said else ""))
+    d = result.get("duplicates")
+    if d is not None:
+        out.append(f"soak: duplicates by cause: {d['since_checkpoint']} since the last checkpoint, {d['held_back']} "
+                   f"held back behind an unhandled message, {d['same_process']} by one process")
+        for r in d["restarts"]:
+            held = "; ".join(f"p{h['partition']} {h['offsets'][0]}..{h['offsets'][1]} ({h['rows']}) behind "
+                             + (", ".join(f"{b['offset']} {b['what']}" for b in h["behind"][:3]) or "?")
+                             for h in r["held"])
+            causes = ", ".join(f"w{e['worker']} {e['cause']}" for e in r["ended"])
+            out.append(f"soak:   {r['run']} ({causes}): {r['duplicates']} = {r['since_checkpoint']} since checkpoint "
+                       f"(steps {r['next_run_restored_step']}..{r['last_step']}, bound {r['since_checkpoint_bound']})"
+                       f" + {r['held_back']} held back" + (f" [{held}]" if held else ""))
     v = result["verdict"]
     out.append("soak: PASSED" if v["passed"] else "soak: FAILED: " + "; ".join(v["failures"]))
     return out
