@@ -13,10 +13,10 @@ intake has room, is retired and replaced. The stall is timed only over what the 
 its clock restarts whenever nothing waited (a caught-up partition that just got a message has not
 stalled), after rounds the broker did not answer (``unobserved``) and after a round that came
 late (more than half the stall timeout after the one before: a paused broker answers the round
-that waits through the pause, with positions read before it). Otherwise a broker killed or paused
-for longer than the stall timeout would otherwise have every reader replaced at its first answer,
-one failure each, and a worker reading more than ``max_restarts`` partitions gave up with exit 2
-after every such outage). "Messages wait" means records a reader can read: a
+that waits through the pause, with positions read before it). Without that, a broker killed or
+paused for longer than the stall timeout had every reader replaced at its first answer, one
+failure each, and a worker reading more than ``max_restarts`` partitions gave up with exit 2
+after every such outage. "Messages wait" means records a reader can read: a
 partition whose log ends in transaction markers has position < high watermark for ever, and is
 caught up (``caught_up``). A retired reader's consumer is released as soon as tensorflow-io
 returns control to it; should its successor stall too while it is still blocked, the source gives
