@@ -25,7 +25,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import yaml
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
-from stream_trainer.workbench.broker import free_port
+from stream_trainer.workbench.broker import LocalBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +46,17 @@ CHECKPOINT_EVERY = 5
 
 
 # --- processes -------------------------------------------------------------------------------------
+
+def own_broker(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[LocalBroker]:
+    """A broker of the module's own, for scenarios that stop, pause or restart it (never the session's);
+    a module fixture yields from it."""
+    own = LocalBroker(tmp_path_factory.mktemp(name), heap="512m")
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+
 
 def child_env() -> dict[str, str]:
     """The environment for programs under test: no variable may override the YAML we wrote."""

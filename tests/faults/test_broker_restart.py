@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultlib import Rig, free_port, log_ends, make_rig, metric, missing_offsets, read_trained, scrape
+from faultlib import Rig, free_port, log_ends, make_rig, metric, missing_offsets, own_broker, read_trained, scrape
 
 from stream_trainer.config import KafkaConfig
 from stream_trainer.kafka import Cluster
@@ -32,12 +32,7 @@ LONG_WAIT_BUCKET = "5.0"
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    own = LocalBroker(tmp_path_factory.mktemp("restart-broker"), heap="512m")
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
+    yield from own_broker(tmp_path_factory, "restart-broker")
 
 
 @pytest.fixture()

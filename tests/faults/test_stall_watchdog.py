@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer
+from faultlib import own_broker
 
 from stream_trainer import tfenv
 from stream_trainer.config import KafkaConfig, Settings, SourceConfig, TopicsConfig, TrainerConfig
@@ -36,12 +37,7 @@ OUTAGE_STALL_S = 15.0  # the chaos soak's: above librdkafka 1.5's reconnect back
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    own = LocalBroker(tmp_path_factory.mktemp("stall-broker"), heap="512m")
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
+    yield from own_broker(tmp_path_factory, "stall-broker")
 
 
 def _inputs(broker: LocalBroker, topic: str, stop: threading.Event, fresh: FreshRows,
