@@ -147,6 +147,9 @@ def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, flo
     anything that grows is a leak. A piece starts with its own warm-up.
     """
     out: dict[str, Any] = {}
+    # A process that serves the watchdog gauge and misses one scrape (it is exiting: a peer was
+    # lost) has no "threads less watchdogs" for that sample; its raw count is not comparable.
+    counts_watchdogs = {s.pid for s in samples if s.watchdogs is not None}
     for name, tol in TOLERANCES.items():
         series: dict[str, Any] = {}
         for index, (start, end) in enumerate(phases):
@@ -158,7 +161,8 @@ def judge_resources(samples: Sequence[Sample], phases: Sequence[tuple[float, flo
                 for pid in pids:
                     trains = training_since(s for s in samples if s.pid == pid and s.phase == index)
                     points = [(s.t_s, min(s.up_s if a == start else min(s.up_s, s.t_s - a), s.t_s - trains),
-                               float(v)) for s in mine if s.pid == pid and (v := judged(s, name)) is not None]
+                               float(v)) for s in mine if s.pid == pid and (v := judged(s, name)) is not None
+                              and not (name == "threads" and s.watchdogs is None and pid in counts_watchdogs)]
                     if not points:
                         continue
                     key = (f"phase{index}/worker{worker}" + (f"/from{a / 60:.1f}min" if len(pieces) > 1 else "")
