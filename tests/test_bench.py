@@ -375,21 +375,15 @@ def test_workers_flag_selects_scale_out_and_takes_distinct_counts() -> None:
 
 def test_bench_config_rejects_messages_too_few_for_the_timed_window(tmp_path: Path) -> None:
     path = tmp_path / "bench.yaml"
-    path.write_text("bench:\n  messages: 100\n  warmup_messages: 90\n")
-    with pytest.raises(ConfigError, match=r"bench\.messages"):
-        bench_config.load(path)
-    path.write_text("bench:\n  partitions: 3\n")
-    with pytest.raises(ConfigError, match=r"bench\.partitions' must be one of bench\.partition_counts"):
-        bench_config.load(path)
-    path.write_text("bench:\n  memory:\n    readers: []\n")
-    with pytest.raises(ConfigError, match=r"bench\.memory\.readers"):
-        bench_config.load(path)
-    path.write_text("bench:\n  memory:\n    backlog_mib_beyond: 0\n")
-    with pytest.raises(ConfigError, match=r"bench\.memory\.backlog_mib_beyond"):
-        bench_config.load(path)
-    path.write_text("bench:\n  mesages: 100\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'bench\.mesages'"):
-        bench_config.load(path)
+    for text, error in (
+            ("bench:\n  messages: 100\n  warmup_messages: 90\n", r"bench\.messages"),
+            ("bench:\n  partitions: 3\n", r"bench\.partitions' must be one of bench\.partition_counts"),
+            ("bench:\n  memory:\n    readers: []\n", r"bench\.memory\.readers"),
+            ("bench:\n  memory:\n    backlog_mib_beyond: 0\n", r"bench\.memory\.backlog_mib_beyond"),
+            ("bench:\n  mesages: 100\n", r"unknown config key 'bench\.mesages'")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=error):
+            bench_config.load(path)
 
 
 @pytest.mark.parametrize("name", ["bench.yaml", "bench-gpu.yaml"])
