@@ -25,7 +25,6 @@ from contextlib import contextmanager, suppress
 
 import keras
 import numpy as np
-import numpy.typing as npt
 import tensorflow as tf
 import yaml
 from tensorboard.compat.proto import summary_pb2
@@ -35,7 +34,7 @@ from tensorboard.util import tensor_util
 from stream_trainer.config import Settings
 from stream_trainer.kafka.security import redact, secret_values
 from stream_trainer.loop.status import Reading
-from stream_trainer.quality.evaluate import EvalResult, Pictures
+from stream_trainer.quality.evaluate import EvalResult, side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,6 @@ SNAPSHOT = "eval/snapshot"  # per example: image | true trimap | predicted trima
 CONFIG = "run/config"
 VERSIONS = "run/versions"
 
-# Trimap classes (wire.py: class = trimap value - 1): pet, background, border.
-PALETTE = np.array([[255, 160, 30], [40, 50, 110], [250, 250, 250]], np.uint8)
 # Events queued before the writer flushes by itself (each flush syncs the file): a few status
 # lines' worth; checkpoints and the stop flush too, so TensorBoard lags by at most about that.
 MAX_QUEUE = 64
@@ -181,12 +178,6 @@ def _write_scalars(values: dict[str, float]) -> None:
         summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor_util.make_tensor_proto(np.float32(v)))
         for tag, v in values.items()])
     tf.summary.experimental.write_raw_pb(summary.SerializeToString())
-
-
-def side_by_side(p: Pictures) -> npt.NDArray[np.uint8]:
-    """One uint8 picture per example: the image, the true trimap and the predicted one, in a row."""
-    gap = np.full((*p.image.shape[:2], 2, 3), 255, np.uint8)
-    return np.concatenate([p.image, gap, PALETTE[p.truth], gap, PALETTE[p.predicted]], axis=2)
 
 
 def versions() -> dict[str, str]:

@@ -86,6 +86,9 @@ class DeadLetterWorker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> DeadLetterWorker:
+        # The producer now rather than at the first malformed message: its threads and sockets
+        # then belong to the footprint from the start, and any later rise in them is a leak.
+        _ = self.cluster.producer
         self._thread = self.threads.start("dead-letter", self._run)
         return self
 

@@ -27,6 +27,9 @@ from stream_trainer.wire import NUM_CLASSES
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
 KEEP_SNAPSHOTS = 20
+# Trimap classes (wire.py: class = trimap value - 1): pet, background, border.
+PALETTE = np.array([[255, 160, 30], [40, 50, 110], [250, 250, 250]], np.uint8)
+GAP_PX = 2
 
 
 @dataclass(frozen=True)
@@ -133,31 +136,38 @@ class Evaluator:
         return Pictures(batch["image"][:k].numpy(), batch["mask"][:k, ..., 0].numpy(), pred.numpy().astype(np.uint8))
 
     def _snapshot(self, step: int, pictures: Pictures) -> Path | None:
-        import matplotlib
+        return None if self.snapshot_dir is None else write_snapshot(self.snapshot_dir, step, pictures)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        if self.snapshot_dir is None:
-            return None
-        k = len(pictures.image)
-        fig, axes = plt.subplots(k, 3, figsize=(6, 2 * k), squeeze=False)
-        for i in range(k):
-            panels = [(pictures.image[i], "image"), (pictures.truth[i], "true trimap"),
-                      (pictures.predicted[i], f"predicted (step {step})")]
-            for ax, (img, title) in zip(axes[i], panels, strict=True):
-                ax.imshow(img, vmin=0, vmax=NUM_CLASSES - 1, cmap=None if img.ndim == 3 else "viridis")
-                ax.set_title(title, fontsize=8)
-                ax.axis("off")
-        fig.tight_layout()
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        path = self.snapshot_dir / f"eval-step-{step:08d}.png"
-        tmp = self.snapshot_dir / f".latest-{os.getpid()}.png"
-        fig.savefig(path, dpi=80)
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        tmp.replace(self.snapshot_dir / "latest.png")
-        # A daemon evaluates forever: keep the recent pictures, not one per evaluation since day one.
-        for old in sorted(self.snapshot_dir.glob("eval-step-*.png"))[:-KEEP_SNAPSHOTS]:
-            old.unlink(missing_ok=True)
-        return path
+def write_snapshot(directory: Path, step: int, pictures: Pictures) -> Path:
+    """``eval-step-<step>.png`` and ``latest.png`` in ``directory``; the newest KEEP_SNAPSHOTS stay."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"eval-step-{step:08d}.png"
+    tmp = directory / f".latest-{os.getpid()}.png"
+    png = snapshot_png(pictures)
+    path.write_bytes(png)
+    tmp.write_bytes(png)
+    tmp.replace(directory / "latest.png")
+    # A daemon evaluates forever: keep the recent pictures, not one per evaluation since day one.
+    for old in sorted(directory.glob("eval-step-*.png"))[:-KEEP_SNAPSHOTS]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def side_by_side(p: Pictures) -> npt.NDArray[np.uint8]:
+    """One uint8 picture per example: the image, the true trimap and the predicted one, in a row."""
+    gap = np.full((*p.image.shape[:2], GAP_PX, 3), 255, np.uint8)
+    return np.concatenate([p.image, gap, PALETTE[p.truth], gap, PALETTE[p.predicted]], axis=2)
+
+
+def snapshot_png(p: Pictures) -> bytes:
+    """The examples' rows one above the other, as PNG bytes.
+
+    Drawn with TensorFlow's PNG encoder rather than matplotlib: matplotlib caches a font per
+    drawing thread, and each evaluation of a multi-worker job runs in a thread of its own, so a
+    month of evaluations would hold open font files by the hundred (and import a plotting stack).
+    """
+    rows = side_by_side(p)
+    gap = np.full((GAP_PX, *rows.shape[2:]), 255, np.uint8)
+    grid = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
+    return bytes(tf.io.encode_png(grid).numpy())
