@@ -7,6 +7,7 @@ from keras import layers
 
 from stream_trainer.config import ModelConfig
 from stream_trainer.learn import precision
+from stream_trainer.learn.batch_norm import FusedBatchNormalization
 from stream_trainer.wire import NUM_CLASSES
 
 # Batch norm's moving statistics, which a served model normalises with, are an average over the
@@ -21,7 +22,7 @@ def conv_block(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
     """Two 3x3 convolutions with batch norm: the U-Net's basic unit."""
     for _ in range(2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+        x = FusedBatchNormalization(momentum=BN_MOMENTUM)(x)
         x = layers.Activation("relu")(x)
     return x
 

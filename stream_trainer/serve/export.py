@@ -51,6 +51,7 @@ from stream_trainer import metrics
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError, one_line
 from stream_trainer.ingest import pipeline
+from stream_trainer.learn.batch_norm import plain_copy
 from stream_trainer.quality.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Exporter:
         try:
             shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a crash of this very pid
             serving_archive(model, self.image_size).write_out(str(tmp), verbose=False)
-            model.save(tmp / "model.keras")
+            plain_copy(model).save(tmp / "model.keras")  # loads without this package
             (tmp / "model.json").write_text(json.dumps(meta, indent=1))
             tmp.rename(final)
         except (OSError, tf.errors.OpError) as exc:
