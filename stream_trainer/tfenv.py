@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -57,7 +58,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
 
@@ -129,11 +130,27 @@ def limit_malloc_arenas(environ: MutableMapping[str, str] | None = None, arenas:
     if env.get("MALLOC_ARENA_MAX", "").isdigit():
         return int(env["MALLOC_ARENA_MAX"])
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return None
     return arenas if mallopt(_M_ARENA_MAX, arenas) == 1 else None
+
+
+def release_memory() -> None:
+    """Free what waits in reference cycles now, and give glibc's free heap pages back.
+
+    An export traces the model into new graphs that end up in reference cycles, which Python's
+    collector frees only at a full pass that may be hours away, and glibc keeps freed pages: two
+    exports held ~65 MiB that the training steps then allocated beside (docs/benchmarks.md,
+    memory). Cheap next to an export; call it after one.
+    """
+    gc.collect()
+    with suppress(OSError, AttributeError):  # not glibc: the collection alone
+        _libc().malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def has_gpu_device(dev: Path = Path("/dev")) -> bool:

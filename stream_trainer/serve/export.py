@@ -47,7 +47,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from stream_trainer import metrics
+from stream_trainer import metrics, tfenv
 from stream_trainer.config import CheckpointConfig
 from stream_trainer.errors import CheckpointError, one_line
 from stream_trainer.ingest import pipeline
@@ -171,6 +171,8 @@ class Exporter:
             shutil.rmtree(tmp, ignore_errors=True)
             msg = f"exporting step {meta['step']} as {final} failed: {one_line(exc)}"
             raise CheckpointError(msg) from exc
+        finally:
+            tfenv.release_memory()
         log.info("exported %s (step %d)", final, meta["step"])
         return final
 
