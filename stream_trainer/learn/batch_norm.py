@@ -2,8 +2,9 @@
 
 Keras 3's ``BatchNormalization`` casts a mixed-precision input to float32 and normalises it with
 separate ops (moments, subtract, divide, scale, shift), every intermediate a float32 copy of the
-activation kept for the gradient. In the U-Net's 14 of them at 16 x 128 px that is ~90 MiB of a
-training step's peak and about a third of its time (docs/benchmarks.md, memory per worker).
+activation kept for the gradient. In the U-Net's 14 of them at 16 x 128 px that was 82.5 MiB of a
+training step's memory and 42 % of its time (0.4245 against 0.2475 s fused; docs/benchmarks.md,
+memory per worker).
 TensorFlow's ``FusedBatchNormV3`` reads the bfloat16 or float16 activation as it is, computes in
 float32 inside the kernel, and keeps only its input and two per-channel vectors for the gradient.
 

@@ -123,7 +123,7 @@ class Evaluator:
         snapshot = None
         if self.snapshot_dir is not None and pictures is not None:
             try:
-                snapshot = self._snapshot(step, pictures)
+                snapshot = write_snapshot(self.snapshot_dir, step, pictures)
             except OSError as exc:  # a picture is a convenience: never a reason to stop training
                 log.error("cannot write the eval snapshot into %s: %s", self.snapshot_dir, exc)
         return EvalResult(step, miou, acc, n, snapshot, pictures)
@@ -134,9 +134,6 @@ class Evaluator:
         k = min(self.pictures, int(batch["image"].shape[0]))
         pred = tf.argmax(self.model(tf.cast(batch["image"][:k], tf.float32) / 255.0, training=False), axis=-1)
         return Pictures(batch["image"][:k].numpy(), batch["mask"][:k, ..., 0].numpy(), pred.numpy().astype(np.uint8))
-
-    def _snapshot(self, step: int, pictures: Pictures) -> Path | None:
-        return None if self.snapshot_dir is None else write_snapshot(self.snapshot_dir, step, pictures)
 
 
 def write_snapshot(directory: Path, step: int, pictures: Pictures) -> Path:
