@@ -261,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "func", None) is _cmd_run:
         tfenv.limit_malloc_arenas()  # the daemon's memory (docs/operations.md); before its first thread starts
+        tfenv.leave_out_plotting()
     try:
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     except ValueError:

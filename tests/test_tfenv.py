@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -207,3 +208,25 @@ def test_malloc_arenas_are_capped_so_threads_share_two_instead_of_one_each() -> 
     assert arenas("default") > tfenv.MALLOC_ARENAS  # glibc's own: up to 8 per core, one per thread here
     assert arenas("capped") == tfenv.MALLOC_ARENAS
     assert tfenv.limit_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) == 4  # set at start: glibc applied it, kept
+
+
+_PLOTTING = textwrap.dedent("""
+    import sys
+    from stream_trainer import tfenv
+    if sys.argv[1] == "left-out":
+        tfenv.leave_out_plotting()
+    import tensorflow, keras
+    from stream_trainer.quality.evaluate import snapshot_png
+    print(sorted({m.split(".")[0] for m in sys.modules} & {"matplotlib", "keras", "tensorflow"}))
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed here")
+def test_the_trainer_leaves_matplotlib_out_which_keras_would_import() -> None:
+    def imported(mode: str) -> str:
+        out = subprocess.run([sys.executable, "-c", _PLOTTING, mode], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120, check=True)
+        return out.stdout.strip()
+
+    assert imported("default") == "['keras', 'matplotlib', 'tensorflow']"  # what the hook is for
+    assert imported("left-out") == "['keras', 'tensorflow']"

@@ -104,9 +104,13 @@ def test_sigterm_while_messages_flow_exits_0_with_checkpoint_and_matching_commit
     produce_pets(kafka_bootstrap, topic, 2000, size=40)
     proc = start_trainer(write_config(settings, tmp_path / "c.yaml"))
     wait_for(lambda: len(trained_lines(tmp_path / "trained.log")) >= 80, 90, "some training", proc)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    mapped = maps.read_text() if maps.exists() else ""
     rc, seconds, out = stop_with(proc, signal.SIGTERM)
     assert rc == 0, out[-3000:]
     assert seconds < 15
+    # Keras imports matplotlib where it is installed; the trainer, which draws nothing, leaves it out (27 MiB).
+    assert "/matplotlib/" not in mapped
     offsets = assert_group_matches_checkpoint(settings)
     assert sum(offsets.values()) > 0
     step = read_positions(settings.trainer.checkpoint.dir)[0]

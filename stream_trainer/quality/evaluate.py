@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,30 @@ def read_eval_messages(cluster: Cluster, topic: str, max_images: int, wait_s: fl
     return out
 
 
-def confusion(model: keras.Model, batches: list[dict[str, tf.Tensor]]) -> tuple[Array, int]:
+Classify = Callable[[tf.Tensor], tf.Tensor]
+
+
+def classifier(model: keras.Model) -> Classify:
+    """The model's class per pixel for a batch of uint8 images, traced once for every batch size.
+
+    Called eagerly, a Keras model runs layer by layer, each output a tensor of its own, and the
+    process kept what that took: a first evaluation of 16 batches of 16 x 128 px images raised RSS
+    by 254 MiB eagerly, 65 MiB traced (measured in one process right after building the model).
+    """
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
+
+    def classify(image: tf.Tensor) -> tf.Tensor:
+        return tf.argmax(model(tf.cast(image, tf.float32) / 255.0, training=False), axis=-1)
+
+    traced: Classify = tf.function(classify, input_signature=[spec])
+    return traced
+
+
+def confusion(classify: Classify, batches: list[dict[str, tf.Tensor]]) -> tuple[Array, int]:
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     n = 0
     for batch in batches:
-        pred = tf.argmax(model(tf.cast(batch["image"], tf.float32) / 255.0, training=False), axis=-1)
+        pred = classify(batch["image"])
         cm += tf.math.confusion_matrix(tf.reshape(batch["mask"], [-1]), tf.reshape(pred, [-1]),
                                        num_classes=NUM_CLASSES, dtype=tf.int64).numpy()
         n += int(batch["image"].shape[0])
@@ -104,7 +124,7 @@ class Evaluator:
 
     def __init__(self, model: keras.Model, messages: list[EvalMessage], image_size: int, snapshot_dir: str,
                  batch_size: int = 16, pictures: int = 4, max_pixels: int = pipeline.MAX_PIXELS) -> None:
-        self.model = model
+        self.classify = classifier(model)
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.pictures = pictures
         self.batches: list[dict[str, tf.Tensor]] = []
@@ -117,7 +137,7 @@ class Evaluator:
         self.malformed = [m for i, m in enumerate(messages) if i not in kept]
 
     def evaluate(self, step: int) -> EvalResult:
-        cm, n = confusion(self.model, self.batches)
+        cm, n = confusion(self.classify, self.batches)
         miou, acc = scores(cm)
         pictures = self._pictures() if self.pictures and self.batches else None
         snapshot = None
@@ -132,7 +152,7 @@ class Evaluator:
         """The first few eval examples, always the same ones, and the current weights' answer."""
         batch = self.batches[0]
         k = min(self.pictures, int(batch["image"].shape[0]))
-        pred = tf.argmax(self.model(tf.cast(batch["image"][:k], tf.float32) / 255.0, training=False), axis=-1)
+        pred = self.classify(batch["image"][:k])
         return Pictures(batch["image"][:k].numpy(), batch["mask"][:k, ..., 0].numpy(), pred.numpy().astype(np.uint8))
 
 

@@ -507,7 +507,7 @@ def _eval_iou(export_dir: Path, rig: Rig) -> float:
     from stream_trainer.config import KafkaConfig
     from stream_trainer.ingest.pipeline import decode_values
     from stream_trainer.kafka import Cluster
-    from stream_trainer.quality.evaluate import confusion, read_eval_messages, scores
+    from stream_trainer.quality.evaluate import classifier, confusion, read_eval_messages, scores
 
     cluster = Cluster(KafkaConfig(bootstrap_servers=rig.bootstrap))
     try:
@@ -515,7 +515,7 @@ def _eval_iou(export_dir: Path, rig: Rig) -> float:
     finally:
         cluster.close()
     model = keras.models.load_model(export_dir / "latest" / "model.keras")
-    cm, n = confusion(model, [{"image": b["image"], "mask": b["mask"]}
+    cm, n = confusion(classifier(model), [{"image": b["image"], "mask": b["mask"]}
                               for b in decode_values([m.value for m in messages], LEARN_PX, 32)])
     assert n == len(messages) >= 40
     return scores(cm)[0]

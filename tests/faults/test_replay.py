@@ -132,7 +132,7 @@ def _phase_iou(export_dir: Path, settings: config.Settings, phase: str) -> float
     import keras
 
     from stream_trainer.ingest.pipeline import decode_values
-    from stream_trainer.quality.evaluate import confusion, read_eval_messages, scores
+    from stream_trainer.quality.evaluate import classifier, confusion, read_eval_messages, scores
 
     cluster = Cluster(settings.kafka)
     try:
@@ -143,7 +143,7 @@ def _phase_iou(export_dir: Path, settings: config.Settings, phase: str) -> float
     assert len(values) >= 20, f"only {len(values)} eval images of phase {phase}"
     model = keras.models.load_model(export_dir / "latest" / "model.keras")
     batches = [{"image": b["image"], "mask": b["mask"]} for b in decode_values(values, 32, 32)]
-    cm, n = confusion(model, batches)
+    cm, n = confusion(classifier(model), batches)
     assert n == len(values)
     return scores(cm)[0]
 

@@ -22,7 +22,7 @@ from stream_trainer.ingest.fresh import FreshRows, Rows
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.kafka import Cluster
 from stream_trainer.learn.batcher import Batch, Batcher
-from stream_trainer.quality.evaluate import confusion, read_eval_messages, scores
+from stream_trainer.quality.evaluate import classifier, confusion, read_eval_messages, scores
 from stream_trainer.workbench.bench import machine
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.freshness import replay_store
@@ -80,7 +80,7 @@ class Stream:
                    batches)
 
     def iou(self, trainer: Trainer, phase: str) -> float:
-        cm, _ = confusion(trainer.model, self.eval_batches[phase])
+        cm, _ = confusion(classifier(trainer.model), self.eval_batches[phase])
         return scores(cm)[0]
 
 

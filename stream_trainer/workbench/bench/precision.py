@@ -34,7 +34,7 @@ from stream_trainer.ingest import pipeline
 from stream_trainer.learn import precision as prec
 from stream_trainer.learn.model import build_unet
 from stream_trainer.learn.step import make_replica_step
-from stream_trainer.quality.evaluate import confusion, scores
+from stream_trainer.quality.evaluate import classifier, confusion, scores
 
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -104,7 +104,7 @@ def accuracy(policies: Sequence[str], image_size: int, cfg: ModelConfig, train_i
         t0 = time.perf_counter()
         losses = [float(step(b["image"], b["mask"])) for b in train]
         elapsed = time.perf_counter() - t0
-        cm, n = confusion(model, held_out)
+        cm, n = confusion(classifier(model), held_out)
         miou, acc = scores(cm)
         out[policy] = {"mean_iou": round(miou, 4), "pixel_accuracy": round(acc, 4), "eval_images": n,
                        "trained_images": sum(int(b["image"].shape[0]) for b in train),
