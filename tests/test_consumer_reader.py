@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
@@ -16,10 +17,12 @@ from confluent_kafka.admin import NewTopic
 from producer.sources.synthetic import make_record
 from stream_trainer import wire
 from stream_trainer.config import KafkaConfig, Settings, SourceConfig, TopicsConfig, TrainerConfig
+from stream_trainer.ingest.consumer import SharedConsumer
 from stream_trainer.ingest.consumer_source import ConsumerSource
 from stream_trainer.ingest.fresh import FreshRows
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.ingest.inputs import Inputs
+from stream_trainer.ingest.intake import Intake
 from stream_trainer.ingest.reader import live_consumers
 from stream_trainer.kafka import Cluster
 from stream_trainer.threads import Threads
@@ -144,3 +147,16 @@ def test_the_confluent_reader_holds_one_consumer_for_all_of_a_workers_partitions
     finally:
         stop.set()
     _until(lambda: live_consumers() == before, 10, "the consumer to be closed on stop")
+
+
+def test_the_read_ahead_is_32_mib_for_all_partitions_unless_kafka_client_sets_it() -> None:
+    """librdkafka's default (64 MiB) held ~18 s of training; one bound for the worker, as with
+    tensorflow-io's readers together. Checked without a broker: creating the consumer connects to nothing."""
+    def queued_kib(client: dict[str, str]) -> object:
+        shared = SharedConsumer(KafkaConfig(bootstrap_servers="127.0.0.1:9", client=client), "t", "g", 100,
+                                cast(Intake, None), threading.Event(), on_partition_failed=lambda *_: None,
+                                on_consumer_failed=lambda _: False, on_done=lambda _: None)
+        return shared._conf["queued.max.messages.kbytes"]
+
+    assert queued_kib({}) == 32 * 1024
+    assert queued_kib({"queued.max.messages.kbytes": "65536"}) == "65536"

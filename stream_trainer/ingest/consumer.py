@@ -5,8 +5,8 @@ supervisor rules (``supervisor.ConsumerSource``) and the same intake, ledger and
 
 Why one consumer: a tensorflow-io reader costs one librdkafka consumer per partition (about
 60 MiB and 10 threads each); one consumer fetches every partition of a broker over one
-connection, and its read-ahead (``queued.max.messages.kbytes``, librdkafka's default 64 MiB)
-is one bound for all of them.
+connection, and its read-ahead (``queued.max.messages.kbytes``, 32 MiB unless ``kafka.client``
+says otherwise) is one bound for all of them.
 
 Why ``assign`` with explicit offsets, not ``subscribe``: as in ``reader.py``, each partition starts
 exactly where the checkpoint says, librdkafka commits and stores nothing (``enable.auto.commit``
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 _BATCH = 256
 # The broker's long poll of a fetch (librdkafka's default 500 ms): see SharedConsumer.__init__.
 _FETCH_WAIT_MS = 100
+READ_AHEAD_KIB = 32 * 1024  # queued.max.messages.kbytes unless kafka.client sets it
 # While some partitions are paused, how often the thread looks whether they have room again.
 _PAUSED_POLL_S = 0.01
 # Errors librdkafka retries by itself: logged, never a failure (the watchdog catches a stall).
@@ -123,6 +124,9 @@ class SharedConsumer:
         # A resumed partition joins the next fetch request to its broker, which waits while an idle
         # partition's long poll is in flight: librdkafka's 500 ms would delay every resume that long.
         self._conf.setdefault("fetch.wait.max.ms", _FETCH_WAIT_MS)
+        # The worker's read-ahead: the tensorflow-io readers' 32 MiB in all (reader.read_ahead), not
+        # librdkafka's 64 MiB: ~18 s of what training takes on a 2-core CPU (3.7 MB/s, docs/benchmarks.md).
+        self._conf.setdefault("queued.max.messages.kbytes", READ_AHEAD_KIB)
         self._lock = threading.Lock()
         self._wanted: dict[int, _Slot] = {}  # asked for, not yet applied by the thread
         self._recreate = False
