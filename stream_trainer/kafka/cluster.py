@@ -73,6 +73,11 @@ _RETRIABLE = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRES
               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
               KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
               KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+# create_topics answers that say nothing of the topic: the request lost its answer (a broker
+# handle dropped while a broker of the cluster restarts, a connection lost, a timeout) or reached
+# a broker that is no longer the controller. The creation is asked again until the timeout.
+_CREATE_AGAIN = {KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                 KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER}
 # What a group member hears after its group moved to another coordinator (the broker holding it
 # died) until it has rejoined; the rejoin completes in poll(), where the assignment callback runs.
 _REJOINING = {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS}
@@ -272,15 +277,23 @@ class Cluster:
             raise BrokerUnavailableError(msg) from exc
         new = [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
                for name, n in topics.items() if name not in existing]
-        if not new:
-            return
-        for name, fut in self.admin.create_topics(new, request_timeout=timeout_s).items():
-            try:
-                fut.result()
-                log.info("created topic %s", name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise _creation_error(name, replication_factor, exc, self.kafka) from exc
+        deadline = time.monotonic() + timeout_s
+        pending = {t.topic: t for t in new}
+        while pending:
+            for name, fut in self.admin.create_topics(list(pending.values()), request_timeout=timeout_s).items():
+                try:
+                    fut.result()
+                    log.info("created topic %s", name)
+                except KafkaException as exc:
+                    code = exc.args[0].code()
+                    if code in _CREATE_AGAIN and time.monotonic() < deadline:
+                        log.info("creating topic %s: %s; asking again", name, _reason(exc))
+                        continue
+                    if code != KafkaError.TOPIC_ALREADY_EXISTS:  # on a second ask, the first one's work
+                        raise _creation_error(name, replication_factor, exc, self.kafka) from exc
+                del pending[name]
+            if pending:
+                time.sleep(0.25)
         self._wait_for_leaders([t.topic for t in new], timeout_s)
 
     def _wait_for_leaders(self, topics: list[str], timeout_s: float) -> None:
