@@ -52,7 +52,8 @@ test: deps
 # pipeline, the trainer (step, precision, checkpoint, export, whole processes) and several workers.
 STACK_TESTS = tests/test_kafka_io.py tests/test_consumer_reader.py tests/test_reader_choice.py tests/test_decoder.py tests/test_input_path.py tests/test_units.py \
               tests/test_step.py tests/test_precision.py tests/test_tfenv.py tests/test_trainer.py \
-              tests/test_trainer_process.py tests/test_export.py tests/test_collectives.py tests/faults/test_multiworker.py
+              tests/test_trainer_process.py tests/test_export.py tests/test_evaluate.py tests/test_collectives.py \
+              tests/faults/test_multiworker.py
 test-stack: deps
 	$(PY) -m pytest $(STACK_TESTS) $(PYTEST_ARGS)
 
