@@ -86,8 +86,9 @@ def test_decode_parallelism_does_not_depend_on_partitions_and_keeps_order_per_pa
     assert rows is not None and rows.offset.tolist() == list(range(40))
 
 
-def _overlap_recorder() -> tuple[pipeline.DecodeFn, list[int]]:
-    """decode_message that also records the most calls running at once (in the returned list)."""
+def _most_decodes_at_once(group: int, threads: int) -> int:
+    """Decode 16 messages of one partition with a decode_message that records how many of its
+    calls overlap; check the rows come out in order and return the most calls at once."""
     lock, active, most = threading.Lock(), [0], [0]
 
     def enter_and_leave(offset: tf.Tensor) -> tf.Tensor:
@@ -107,43 +108,31 @@ def _overlap_recorder() -> tuple[pipeline.DecodeFn, list[int]]:
             row["offset"] = tf.identity(row["offset"])
         return row
 
-    return recording_decode, most
-
-
-def _sixteen_messages() -> Inbox:
     inbox = Inbox(64)
     for o in range(16):
         _put(inbox, 0, o, _value(o))
     inbox.put_end()
-    return inbox
-
-
-def test_one_partition_is_decoded_by_several_calls_at_once() -> None:
-    """Parallelism comes from the group, not from the partition count: the decode of one
-    partition's messages runs concurrently (a decode that records how many calls overlap)."""
-    recording_decode, most = _overlap_recorder()
-    inbox = _sixteen_messages()
     fresh = FreshRows(capacity=64)
-    groups = pipeline.decoded_groups(inbox, SIZE, group=16, threads=4, decode=recording_decode)
+    groups = pipeline.decoded_groups(inbox, SIZE, group=group, threads=threads, decode=recording_decode)
     feeder = Feeder(groups, fresh, {0: 0}, threading.Event()).start()
     assert feeder.exhausted.wait(60), feeder.failure
     rows = fresh.take(64)
     assert rows is not None and rows.offset.tolist() == list(range(16))  # still in order
-    assert most[0] >= 2, f"at most {most[0]} decode call(s) at a time on one partition"
+    return most[0]
+
+
+def test_one_partition_is_decoded_by_several_calls_at_once() -> None:
+    """Parallelism comes from the group, not from the partition count: the decode of one
+    partition's messages runs concurrently."""
+    most = _most_decodes_at_once(group=16, threads=4)
+    assert most >= 2, f"at most {most} decode call(s) at a time on one partition"
 
 
 def test_the_next_group_decodes_while_the_last_images_of_a_group_finish() -> None:
     """No core idles between groups: with one decode call at a time per group, two groups of a
     partition still decode at once, and their rows come out in order."""
-    recording_decode, most = _overlap_recorder()
-    inbox = _sixteen_messages()
-    fresh = FreshRows(capacity=64)
-    groups = pipeline.decoded_groups(inbox, SIZE, group=4, threads=1, decode=recording_decode)
-    feeder = Feeder(groups, fresh, {0: 0}, threading.Event()).start()
-    assert feeder.exhausted.wait(60), feeder.failure
-    rows = fresh.take(64)
-    assert rows is not None and rows.offset.tolist() == list(range(16))
-    assert most[0] >= 2, f"{most[0]} decode call(s) at a time with one per group"
+    most = _most_decodes_at_once(group=4, threads=1)
+    assert most >= 2, f"{most} decode call(s) at a time with one per group"
 
 
 def _rows(n: int, start: int = 0, arrived: float | None = None) -> Rows:
