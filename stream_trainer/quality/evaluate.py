@@ -87,7 +87,8 @@ def classifier(model: keras.Model) -> Classify:
 
     Called eagerly, a Keras model runs layer by layer, each output a tensor of its own, and the
     process kept what that took: a first evaluation of 16 batches of 16 x 128 px images raised RSS
-    by 254 MiB eagerly, 65 MiB traced (measured in one process right after building the model).
+    by 279 MiB eagerly, 60 MiB traced, in a process that had just built the model
+    (tests/test_evaluate.py).
     """
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
 
