@@ -47,7 +47,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, KafkaError, KafkaEx
 from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import ConfigError, one_line
 from stream_trainer.ingest.intake import Intake
-from stream_trainer.ingest.reader import count_consumer
+from stream_trainer.ingest.reader import count_consumer, read_ahead_kib
 from stream_trainer.kafka import client_config
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 _BATCH = 256
 # The broker's long poll of a fetch (librdkafka's default 500 ms): see SharedConsumer.__init__.
 _FETCH_WAIT_MS = 100
-READ_AHEAD_KIB = 32 * 1024  # queued.max.messages.kbytes unless kafka.client sets it
 # While some partitions are paused, how often the thread looks whether they have room again.
 _PAUSED_POLL_S = 0.01
 # Errors librdkafka retries by itself: logged, never a failure (the watchdog catches a stall).
@@ -124,9 +123,11 @@ class SharedConsumer:
         # A resumed partition joins the next fetch request to its broker, which waits while an idle
         # partition's long poll is in flight: librdkafka's 500 ms would delay every resume that long.
         self._conf.setdefault("fetch.wait.max.ms", _FETCH_WAIT_MS)
-        # The worker's read-ahead: the tensorflow-io readers' 32 MiB in all (reader.read_ahead), not
+        # The worker's read-ahead, the tensorflow-io readers' total (32 MiB by default), not
         # librdkafka's 64 MiB: ~18 s of what training takes on a 2-core CPU (3.7 MB/s, docs/benchmarks.md).
-        self._conf.setdefault("queued.max.messages.kbytes", READ_AHEAD_KIB)
+        kib = read_ahead_kib(kafka)
+        if kib is not None:
+            self._conf["queued.max.messages.kbytes"] = kib
         self._lock = threading.Lock()
         self._wanted: dict[int, _Slot] = {}  # asked for, not yet applied by the thread
         self._recreate = False

@@ -74,11 +74,19 @@ def read_ahead(kafka: KafkaConfig, partitions: int = 1) -> list[str]:
     where 32 MiB keeps up with decoding (docs/operations.md has the figures). A ``kafka.client``
     value wins.
     """
+    kib = read_ahead_kib(kafka, partitions)
+    return [] if kib is None else [f"queued.max.messages.kbytes={kib}"]
+
+
+def read_ahead_kib(kafka: KafkaConfig, partitions: int = 1) -> int | None:
+    """``read_ahead``'s ``queued.max.messages.kbytes`` for one of ``partitions``; None where
+    ``kafka.client`` sets it. With 1 it is the worker's whole read-ahead, which the confluent-kafka
+    reader's one consumer holds for all partitions (``consumer.py``)."""
     if "queued.max.messages.kbytes" in kafka.client:
-        return []
+        return None
     fetch = int(kafka.client.get("fetch.message.max.bytes", 1048576))
     fetches = max(_MIN_FETCHES_AHEAD, _FETCHES_AHEAD // max(1, partitions))
-    return [f"queued.max.messages.kbytes={max(1, fetches * fetch // 1024)}"]
+    return max(1, fetches * fetch // 1024)
 
 
 def tfio_config(kafka: KafkaConfig, partitions: int = 1) -> list[str]:

@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -277,23 +278,24 @@ class Cluster:
             raise BrokerUnavailableError(msg) from exc
         new = [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
                for name, n in topics.items() if name not in existing]
+        if not new:
+            return
         deadline = time.monotonic() + timeout_s
-        pending = {t.topic: t for t in new}
-        while pending:
-            for name, fut in self.admin.create_topics(list(pending.values()), request_timeout=timeout_s).items():
-                try:
-                    fut.result()
-                    log.info("created topic %s", name)
-                except KafkaException as exc:
-                    code = exc.args[0].code()
-                    if code in _CREATE_AGAIN and time.monotonic() < deadline:
-                        log.info("creating topic %s: %s; asking again", name, _reason(exc))
-                        continue
-                    if code != KafkaError.TOPIC_ALREADY_EXISTS:  # on a second ask, the first one's work
-                        raise _creation_error(name, replication_factor, exc, self.kafka) from exc
-                del pending[name]
-            if pending:
-                time.sleep(0.25)
+
+        def create(topic: NewTopic) -> None:
+            try:
+                self.admin.create_topics([topic], request_timeout=timeout_s)[topic.topic].result()
+                log.info("created topic %s", topic.topic)
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if code in _CREATE_AGAIN:
+                    raise  # _retry asks again
+                if code != KafkaError.TOPIC_ALREADY_EXISTS:  # on a second ask, the first one's work
+                    raise _creation_error(topic.topic, replication_factor, exc, self.kafka) from exc
+
+        for topic in new:
+            _retry(f"creating topic '{topic.topic}' on {self.kafka.bootstrap_servers}", partial(create, topic),
+                   max(0.0, deadline - time.monotonic()), _CREATE_AGAIN)
         self._wait_for_leaders([t.topic for t in new], timeout_s)
 
     def _wait_for_leaders(self, topics: list[str], timeout_s: float) -> None:

@@ -22,7 +22,7 @@ from stream_trainer.ingest.fresh import FreshRows, Rows
 from stream_trainer.ingest.inbox import Inbox
 from stream_trainer.kafka import Cluster
 from stream_trainer.learn.batcher import Batch, Batcher
-from stream_trainer.quality.evaluate import classifier, confusion, read_eval_messages, scores
+from stream_trainer.quality.evaluate import Classify, classifier, confusion, read_eval_messages, scores
 from stream_trainer.workbench.bench import machine
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.freshness import replay_store
@@ -79,8 +79,8 @@ class Stream:
         return cls(topic, marks.low, b_start, marks.high, (a, b), [m.value() or b"" for m in messages], evals,
                    batches)
 
-    def iou(self, trainer: Trainer, phase: str) -> float:
-        cm, _ = confusion(classifier(trainer.model), self.eval_batches[phase])
+    def iou(self, classify: Classify, phase: str) -> float:
+        cm, _ = confusion(classify, self.eval_batches[phase])
         return scores(cm)[0]
 
 
@@ -90,6 +90,7 @@ class _Run:
     def __init__(self, ctx: Context, stream: Stream, trainer: Trainer, replay: bool) -> None:
         self.lc = ctx.bench.learning
         self.stream, self.trainer = stream, trainer
+        self.classify = classifier(trainer.model)  # traced once for the run's evaluations
         self.store = replay_store(ctx) if replay else None
         self.images = self.replayed = self.steps = 0
         self.step_s = 0.0
@@ -101,8 +102,8 @@ class _Run:
 
     def evaluate(self) -> None:
         a, b = self.stream.phases
-        e = {"images": self.images, "phase": self.phase, a: self.stream.iou(self.trainer, a),
-             b: self.stream.iou(self.trainer, b), "rss_mib": machine.rss_mib()}
+        e = {"images": self.images, "phase": self.phase, a: self.stream.iou(self.classify, a),
+             b: self.stream.iou(self.classify, b), "rss_mib": machine.rss_mib()}
         self.evals.append(e)
         log.info("%s replay, training %s, %5d fresh images: IoU on %s %.3f, on %s %.3f",
                  "with" if self.store is not None else "without", self.phase, self.images, a, e[a], b, e[b])
