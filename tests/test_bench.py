@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from stream_trainer.config import KafkaConfig
 from stream_trainer.errors import ConfigError
+from stream_trainer.ingest.reader import tfio_config
 from stream_trainer.workbench.bench import config as bench_config
 from stream_trainer.workbench.bench import scenario_of
 from stream_trainer.workbench.bench.arguments import workers_list
@@ -35,6 +37,7 @@ from stream_trainer.workbench.bench.memory import (
 )
 from stream_trainer.workbench.bench.scaleout import efficiency
 from stream_trainer.workbench.bench.scrape import job_rates, parse_metrics
+from stream_trainer.workbench.bench.sources import tfio_interleaved
 from stream_trainer.workbench.bench.throughput import round_ratios
 from stream_trainer.workbench.bench.throughput import targets as throughput_targets
 from stream_trainer.workbench.bench.timing import BenchError, Timeline
@@ -183,6 +186,20 @@ def _timeline(stamps: list[tuple[float, int]]) -> Timeline:
         tl.nbytes.append(1000 * items)
         assert i == 0 or items >= tl.items[i - 1]
     return tl
+
+
+@pytest.mark.parametrize(("partitions", "kib"), [(1, 32768), (4, 8192), (16, 4096)])
+def test_the_live_floor_reads_each_partition_with_the_trainers_read_ahead_share(partitions: int, kib: int) -> None:
+    """The floor's consumers get the properties our tensorflow-io readers get for as many
+    partitions: given 32 MiB each, the floor outran our 8 MiB readers on read-ahead alone."""
+    pytest.importorskip("tensorflow_io")
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:9")
+    graph = tfio_interleaved(kafka, "t", dict.fromkeys(range(partitions), 10), "g", 1000)._as_serialized_graph().numpy()
+    ours = tfio_config(kafka, partitions)
+    assert f"queued.max.messages.kbytes={kib}" in ours
+    missing = [p for p in ours if p.encode() not in graph]
+    assert not missing, f"the floor's consumers lack {missing}"
+    assert graph.count(b"queued.max.messages.kbytes=") == 1
 
 
 def test_rate_skips_the_head_and_tail_of_a_timeline_and_reports_cpu_per_item() -> None:

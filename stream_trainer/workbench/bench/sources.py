@@ -62,10 +62,15 @@ def tfio_interleaved(kafka: KafkaConfig, topic: str, stops: Mapping[int, int], g
 
     Bounded per partition with ``take``, the only bound tfio's reader honours without hanging:
     with ``eof=False`` it blocks in C++ on a drained partition and ignores cancellation.
+
+    Each partition's consumer gets the librdkafka properties of the trainer's reader of one of
+    ``len(stops)`` partitions, its share of the worker's read-ahead included: with 2 cores busy
+    decoding, how fast four partitions were read depended on it (a floor given 32 MiB per
+    partition against our readers' 8 compared read-aheads, not decode paths; docs/benchmarks.md).
     """
     import tensorflow_io.kafka as tfio_kafka  # here: a stack without tensorflow-io still runs the rest
 
-    servers, cfg = kafka.bootstrap_servers, source.tfio_config(kafka)
+    servers, cfg = kafka.bootstrap_servers, source.tfio_config(kafka, len(stops))
     counts = tf.constant([stops[p] for p in range(len(stops))], tf.int64)
 
     def read(partition: tf.Tensor) -> tf.data.Dataset:
