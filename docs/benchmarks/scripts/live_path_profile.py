@@ -10,7 +10,11 @@ profiler attached once the topic is ready (the file ``ready`` holds the pid), e.
     py-spy record --pid "$(cat ready)" --duration 12 --rate 200 --format raw --threads -o raw.txt
 
 Arguments: partitions, rounds, comma-separated contenders (floor_live, pipeline_live,
-pipeline_live_confluent).
+pipeline_live_confluent), and optionally a read-ahead in KiB that every consumer gets
+(``kafka.client.queued.max.messages.kbytes``) instead of the trainer's rule, e.g. (2026-12-06,
+evening: both live contenders with 32 MiB per partition)::
+
+    python live_path_profile.py 4 5 floor_live,pipeline_live 32768
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ MESSAGES = 3000
 
 def main() -> None:
     partitions, rounds, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+    client = {"queued.max.messages.kbytes": sys.argv[4]} if len(sys.argv) > 4 else {}
     runs = {"floor_live": contenders.floor_live, "pipeline_live": contenders.pipeline_live,
             "pipeline_live_confluent": contenders.pipeline_live_confluent}
     with LocalBroker(Path(tempfile.mkdtemp())) as broker:
-        settings = dataclasses.replace(Settings(), kafka=KafkaConfig(bootstrap_servers=broker.bootstrap))
+        kafka = KafkaConfig(bootstrap_servers=broker.bootstrap, client=client)
+        settings = dataclasses.replace(Settings(), kafka=kafka)
         ctx = contenders.Context(settings, BenchConfig())
         cluster = Cluster(settings.kafka)
         records = make_records(MESSAGES, 320, 0)
@@ -45,7 +51,7 @@ def main() -> None:
         Path("ready").write_text(str(os.getpid()))
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in which}
         for r in range(rounds):
-            for k in which:
+            for k in which if r % 2 == 0 else which[::-1]:  # as the bench: order reversed every other round
                 rate = runs[k](ctx, workload, MESSAGES).rate(200, 32)
                 results[k].append((rate.items_per_s, rate.cpu_s_per_item * 1000))
                 print(r, k, f"{rate.items_per_s:.0f} images/s, {rate.cpu_s_per_item * 1000:.3f} CPU ms/image",
@@ -53,6 +59,10 @@ def main() -> None:
         for k, v in results.items():
             print(k, f"median {statistics.median(x[0] for x in v):.0f} images/s,",
                   f"{statistics.median(x[1] for x in v):.3f} CPU ms/image")
+        for k in set(which) - {"floor_live"} if "floor_live" in which else ():
+            ratios = [ours[0] / floor[0] for ours, floor in zip(results[k], results["floor_live"], strict=True)]
+            print(f"{k} / floor_live: median {statistics.median(ratios):.3f} of per-round ratios",
+                  " ".join(f"{x:.3f}" for x in ratios))
         cluster.close()
 
 
