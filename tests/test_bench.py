@@ -40,7 +40,7 @@ from stream_trainer.workbench.bench.scrape import job_rates, parse_metrics
 from stream_trainer.workbench.bench.sources import tfio_interleaved
 from stream_trainer.workbench.bench.throughput import round_ratios
 from stream_trainer.workbench.bench.throughput import targets as throughput_targets
-from stream_trainer.workbench.bench.timing import BenchError, Timeline
+from stream_trainer.workbench.bench.timing import BenchError, Timeline, round_order
 from stream_trainer.workbench.bench.workload import stops_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +200,11 @@ def test_the_live_floor_reads_each_partition_with_the_trainers_read_ahead_share(
     missing = [p for p in ours if p.encode() not in graph]
     assert not missing, f"the floor's consumers lack {missing}"
     assert graph.count(b"queued.max.messages.kbytes=") == 1
+
+
+def test_interleaved_contenders_run_in_reversed_order_every_other_round() -> None:
+    orders = [round_order(("a", "b", "c"), r) for r in range(4)]
+    assert orders == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"], ["c", "b", "a"]]
 
 
 def test_rate_skips_the_head_and_tail_of_a_timeline_and_reports_cpu_per_item() -> None:

@@ -30,6 +30,7 @@ from stream_trainer.config import KafkaConfig, Settings
 from stream_trainer.kafka import Cluster
 from stream_trainer.workbench.bench import contenders
 from stream_trainer.workbench.bench.config import BenchConfig
+from stream_trainer.workbench.bench.timing import round_order
 from stream_trainer.workbench.bench.workload import encode_all, make_records, produce_all
 from stream_trainer.workbench.broker.local import LocalBroker
 
@@ -51,7 +52,7 @@ def main() -> None:
         Path("ready").write_text(str(os.getpid()))
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in which}
         for r in range(rounds):
-            for k in which if r % 2 == 0 else which[::-1]:  # as the bench: order reversed every other round
+            for k in round_order(which, r):  # as the bench
                 rate = runs[k](ctx, workload, MESSAGES).rate(200, 32)
                 results[k].append((rate.items_per_s, rate.cpu_s_per_item * 1000))
                 print(r, k, f"{rate.items_per_s:.0f} images/s, {rate.cpu_s_per_item * 1000:.3f} CPU ms/image",
@@ -59,7 +60,7 @@ def main() -> None:
         for k, v in results.items():
             print(k, f"median {statistics.median(x[0] for x in v):.0f} images/s,",
                   f"{statistics.median(x[1] for x in v):.3f} CPU ms/image")
-        for k in set(which) - {"floor_live"} if "floor_live" in which else ():
+        for k in [k for k in which if k != "floor_live"] if "floor_live" in which else []:
             ratios = [ours[0] / floor[0] for ours, floor in zip(results[k], results["floor_live"], strict=True)]
             print(f"{k} / floor_live: median {statistics.median(ratios):.3f} of per-round ratios",
                   " ".join(f"{x:.3f}" for x in ratios))

@@ -33,6 +33,7 @@ import tensorflow as tf
 from stream_trainer.config import KafkaConfig, Settings
 from stream_trainer.ingest import reader
 from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.bench.timing import round_order
 from stream_trainer.workbench.bench.workload import encode_all, make_records, produce_all
 from stream_trainer.workbench.broker.local import LocalBroker
 
@@ -63,7 +64,7 @@ def main() -> None:
         workload = produce_all(cluster, records, encode_all(records), 1)
         rates: dict[int, list[float]] = {k: [] for k in kibs}
         for r in range(rounds):
-            for kib in kibs if r % 2 == 0 else kibs[::-1]:
+            for kib in round_order(kibs, r):
                 rates[kib].append(read_rate(broker.bootstrap, workload.topic, kib, target))
                 print(r, f"read-ahead {kib // 1024} MiB: {rates[kib][-1]:.0f} messages/s (paced at {target:.0f})",
                       flush=True)

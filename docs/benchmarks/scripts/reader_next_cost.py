@@ -14,7 +14,9 @@ microseconds of CPU per message (runs 185-278); the op alone: 11,055 and 9,749 m
 75 microseconds (55-86). Those reads also asked for each message's key, which the reader never
 used; without it (20:05 and 20:06 UTC, nothing else running), ``next()``: 7,065 and 6,717
 messages/s, 123 and 134 microseconds (112-162); the op alone: 14,330 and 12,701 messages/s, 53
-and 54 microseconds (52-68).
+and 54 microseconds (52-68). A third run without it (20:44 UTC): ``next()`` 1,844 messages/s,
+186 microseconds (164-197); the op alone 11,377, 64 (55-66): ``next()``'s cost is two-valued
+from run to run, the op's is not.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import tensorflow as tf
 from stream_trainer.config import KafkaConfig
 from stream_trainer.ingest import reader
 from stream_trainer.kafka import Cluster
+from stream_trainer.workbench.bench.timing import round_order
 from stream_trainer.workbench.bench.workload import encode_all, make_records, produce_all
 from stream_trainer.workbench.broker.local import LocalBroker
 
@@ -39,9 +42,9 @@ def read(bootstrap: str, topic: str, op_alone: bool) -> tuple[float, float]:
     """Messages/s and CPU microseconds per message of one read of READ messages."""
     import tensorflow_io.kafka as tfio_kafka
 
+    config = reader.tfio_config(KafkaConfig(bootstrap_servers=bootstrap))
     ds = tfio_kafka.KafkaDataset([f"{topic}:0:0:-1"], servers=bootstrap, group="next-cost", eof=False,
-                                 timeout=1000, config_global=reader.tfio_config(KafkaConfig(bootstrap_servers=bootstrap)),
-                                 message_offset=True).take(READ)
+                                 timeout=1000, config_global=config, message_offset=True).take(READ)
     cpu, start = time.process_time(), time.monotonic()
     iterator = iter(ds)
     if op_alone:
@@ -65,7 +68,7 @@ def main() -> None:
         workload = produce_all(cluster, records, encode_all(records), 1)
         runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         for r in range(ROUNDS):
-            for op_alone in (False, True) if r % 2 == 0 else (True, False):
+            for op_alone in round_order((False, True), r):
                 runs[op_alone].append(read(broker.bootstrap, workload.topic, op_alone))
         for op_alone, v in runs.items():
             print("the op alone" if op_alone else "next()", f"{statistics.median(x[0] for x in v):.0f} messages/s,",

@@ -26,7 +26,7 @@ from stream_trainer.quality.evaluate import Classify, classifier, confusion, rea
 from stream_trainer.workbench.bench import machine
 from stream_trainer.workbench.bench.contenders import Context, kafka_source, trainer_batches
 from stream_trainer.workbench.bench.freshness import replay_store
-from stream_trainer.workbench.bench.timing import BenchError
+from stream_trainer.workbench.bench.timing import BenchError, round_order
 from stream_trainer.workbench.bench.training import Trainer
 from stream_trainer.workbench.bench.workload import Workload
 
@@ -195,7 +195,7 @@ def replay_cost(ctx: Context, stream: Stream, trainer: Trainer) -> dict[str, Any
     store.add(rows.image, rows.mask, rows.partition, rows.offset)
     rates: dict[bool, list[float]] = {True: [], False: []}
     for round_ in range(lc.cost_rounds):
-        for with_replay in (True, False) if round_ % 2 == 0 else (False, True):
+        for with_replay in round_order((True, False), round_):
             fresh = FreshRows(len(rows))
             fresh.put(rows, threading.Event())
             batcher = Batcher(fresh, store if with_replay else None, t.pipeline, t.replay, t.pipeline.image_size)

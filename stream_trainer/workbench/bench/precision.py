@@ -35,6 +35,7 @@ from stream_trainer.learn import precision as prec
 from stream_trainer.learn.model import build_unet
 from stream_trainer.learn.step import make_replica_step
 from stream_trainer.quality.evaluate import classifier, confusion, scores
+from stream_trainer.workbench.bench.timing import round_order
 
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -77,7 +78,7 @@ def speed(policies: Sequence[str], image_size: int, batch_size: int, cfg: ModelC
         for _ in range(warmup_steps):  # tracing and oneDNN's first-call primitive creation
             float(step(images, masks))
     for r in range(rounds):
-        for policy in policies if r % 2 == 0 else list(reversed(policies)):
+        for policy in round_order(policies, r):
             step = built[policy]
             t0 = time.perf_counter()
             for _ in range(steps):

@@ -22,7 +22,7 @@ from stream_trainer.tfenv import CONFLUENT_KAFKA, TENSORFLOW_IO
 from stream_trainer.workbench.bench import config as bench_config
 from stream_trainer.workbench.bench import machine
 from stream_trainer.workbench.bench.config import BenchConfig
-from stream_trainer.workbench.bench.timing import summary
+from stream_trainer.workbench.bench.timing import round_order, summary
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run(settings: Settings, bench: BenchConfig, command: str) -> dict[str, Any]:
         runs: dict[str, dict[int, list[Any]]] = {c.key: {n: [] for n in workloads} for c in CONTENDERS}
         for round_ in range(bench.repeats):
             order = [(n, c) for n in workloads for c in CONTENDERS]
-            for n, c in order if round_ % 2 == 0 else reversed(order):
+            for n, c in round_order(order, round_):
                 tail = 2 * p.batch_size if c.decodes else 0
                 rate = c.run(ctx, workloads[n], bench.messages).rate(bench.warmup_messages, tail)
                 runs[c.key][n].append(rate)

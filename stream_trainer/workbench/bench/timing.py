@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from stream_trainer.errors import StreamTrainerError
+
+T = TypeVar("T")
 
 # Hand-overs closer together than this (and than a quarter of the mean gap) are one burst.
 BURST_S = 0.002
@@ -29,6 +33,12 @@ BURST_S = 0.002
 
 class BenchError(StreamTrainerError):
     """A contender could not be measured (too few items in its timed window, a stalled read)."""
+
+
+def round_order(contenders: Sequence[T], round_: int) -> list[T]:
+    """The order interleaved contenders run in round ``round_``: reversed every other round, so
+    that none always runs first (on a cold cache) or right after the same neighbour."""
+    return list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
 
 
 @dataclass(frozen=True)
