@@ -40,6 +40,13 @@ def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _stop(stop: threading.Event, threads: Threads) -> None:
+    """Stop a test's readers and wait for their threads: none outlives its test (a consumer closing
+    late moved the next test's count of consumers)."""
+    stop.set()
+    _until(lambda: not threads.alive(), 30, "the readers' threads to end")
+
+
 def test_a_partition_whose_share_is_full_is_paused_and_the_others_read_on(
         kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
     """One thread reads every partition: partition 0's full share must pause it, not block the
@@ -68,7 +75,7 @@ def test_a_partition_whose_share_is_full_is_paused_and_the_others_read_on(
         assert [(v, o) for v, p, o in got if p == 1] == [(f"b{i}".encode(), i) for i in range(5)]
         assert threads.failure() is None and src.failure is None
     finally:
-        stop.set()
+        _stop(stop, threads)
 
 
 def test_an_offset_deleted_by_retention_fails_the_partition_which_resumes_where_resolve_says(
@@ -85,17 +92,17 @@ def test_an_offset_deleted_by_retention_fails_the_partition_which_resumes_where_
         asked.append((partition, offset))
         return cluster.watermarks(topic, [partition])[partition].low
 
-    stop = threading.Event()
+    stop, threads = threading.Event(), Threads()
     src = ConsumerSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, Inbox(64),
                          SourceConfig(poll_timeout_ms=200, reader=CONFLUENT), "tfio-test", resolve=resolve, stop=stop,
-                         threads=Threads(), restart_backoff_s=0.1).start({0: 5, 1: 0})
+                         threads=threads, restart_backoff_s=0.1).start({0: 5, 1: 0})
     try:
         got = [_take(src.intake.inbox, 30) for _ in range(40)]
         assert [o for _, p, o in got if p == 0] == list(range(20, 30))
         assert [o for _, p, o in got if p == 1] == list(range(30))  # the other partition read on
         assert asked == [(0, 5)] and src.restarts == 1 and src.failure is None
     finally:
-        stop.set()
+        _stop(stop, threads)
 
 
 def _pets_topic(cluster: Cluster, timestamp_type: str) -> str:
@@ -129,28 +136,36 @@ def test_freshness_is_the_records_create_time_where_the_reader_knows_it_else_the
         expected = created_ms if reader == CONFLUENT and timestamp_type == "CreateTime" else field_ms
         assert rows.produce_ts_ms.tolist() == [expected] * 3
     finally:
-        stop.set()
+        stop.set()  # nothing to join: the feeder may wait in the pipeline until the process ends (feeder.py)
 
 
 def test_the_confluent_reader_holds_one_consumer_for_all_of_a_workers_partitions(
         kafka_bootstrap: str, new_topic: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # The process-wide gauge also moves while earlier tests' tensorflow-io readers wind down (a
-    # run saw 14 -> 14 with ours open): count this reader's own calls, which still set the gauge.
-    held: list[int] = []
-    monkeypatch.setattr(consumer, "count_consumer", lambda delta: (held.append(delta), count_consumer(delta)))
+    # The process-wide gauge also moves while earlier tests' readers wind down (CI runs saw 14 -> 14
+    # with ours open, and an earlier consumer's close): count the calls of this source's thread,
+    # which still set the gauge.
+    calls: list[tuple[threading.Thread, int]] = []
+    monkeypatch.setattr(consumer, "count_consumer",
+                        lambda delta: (calls.append((threading.current_thread(), delta)), count_consumer(delta)))
     topic = new_topic(partitions=4)
     _produce(kafka_bootstrap, topic, [(p, b"k", b"v") for p in range(4)])
-    stop = threading.Event()
+    stop, threads = threading.Event(), Threads()
     src = ConsumerSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), topic, Inbox(64),
                          SourceConfig(poll_timeout_ms=200, reader=CONFLUENT), "tfio-test",
-                         resolve=lambda _p, offset: offset, stop=stop, threads=Threads())
+                         resolve=lambda _p, offset: offset, stop=stop, threads=threads)
+    earlier = set(threading.enumerate())
     src.start(dict.fromkeys(range(4), 0))
+    ours = set(threading.enumerate()) - earlier
+
+    def held() -> int:
+        return sum(delta for thread, delta in calls if thread in ours)
+
     try:
         assert sorted(_take(src.intake.inbox, 30)[1] for _ in range(4)) == [0, 1, 2, 3]
-        assert sum(held) == 1
+        assert held() == 1
     finally:
-        stop.set()
-    _until(lambda: sum(held) == 0, 10, "the consumer to be closed on stop")
+        _stop(stop, threads)
+    assert held() == 0, "the consumer is closed on stop"
 
 
 def test_the_read_ahead_is_32_mib_for_all_partitions_unless_kafka_client_sets_it() -> None:
